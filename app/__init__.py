@@ -1,0 +1,1 @@
+"""The /embed service: onnxruntime engine, dynamic batching, cache and metrics."""

@@ -1,0 +1,1 @@
+"""Serving and quality benchmarks."""

@@ -1,0 +1,1 @@
+"""Data readers, preprocessing, the compressor, its training, evaluation and export."""

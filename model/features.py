@@ -1,0 +1,289 @@
+"""Raw behavior events -> model input arrays. The one preprocessing path.
+
+Training, evaluation and the service all call `Preprocessor.encode` and
+`pad_batch`; nothing else turns events into model inputs. numpy only: the
+service imports this module without torch.
+
+Timestamps: a number below 1e11 is unix seconds, a number at or above 1e11 is
+unix milliseconds (1e11 s is the year 5138, while 1990 in ms is 6.3e11, so the
+two ranges never overlap); a string is ISO-8601 (no zone means UTC). Anything
+NaN, infinite, negative or outside 1990-01-01..2100-01-01 is rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+PREPROCESS_VERSION = 1
+
+# Reserved indices, shared by items and event types.
+PAD = 0  # padding position (mask is False there)
+UNKNOWN = 1  # item not in the training vocabulary / event type not seen in training
+NUM_RESERVED = 2
+
+MS_THRESHOLD = 1e11
+MIN_TS = 631152000.0  # 1990-01-01T00:00:00Z
+MAX_TS = 4102444800.0  # 2100-01-01T00:00:00Z
+
+# Dense per-event features, in column order of the `dense` input.
+DENSE_FEATURES = ("log_gap", "log_age", "dwell")
+
+# ONNX input names, in the order the exported graph declares them.
+INPUT_NAMES = ("items", "event_types", "dense", "mask")
+OUTPUT_NAME = "embedding"
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+class EventError(ValueError):
+    """A raw event that cannot be encoded; `index` and `field` locate it."""
+
+    def __init__(self, index: int, field: str, message: str) -> None:
+        super().__init__(f"event {index}: {field}: {message}")
+        self.index = index
+        self.field = field
+        self.message = message
+
+
+def _check_range(seconds: float) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError("timestamp must be a finite number")
+    if seconds < 0:
+        raise ValueError("timestamp must not be negative")
+    if not MIN_TS <= seconds < MAX_TS:
+        raise ValueError("timestamp must lie between 1990-01-01 and 2100-01-01")
+    return seconds
+
+
+def timestamp_to_seconds(value: Any) -> float:
+    """One timestamp (unix s, unix ms or ISO-8601 string) -> unix seconds."""
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be a number or an ISO-8601 string, not a boolean")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        number = float(value)
+        if math.isfinite(number) and number >= MS_THRESHOLD:
+            number /= 1000.0
+        return _check_range(number)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"timestamp string is not ISO-8601: {text[:40]!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return _check_range(parsed.timestamp())
+    raise ValueError("timestamp must be a number or an ISO-8601 string")
+
+
+def unix_to_seconds(values: npt.ArrayLike, unit: str = "auto") -> npt.NDArray[np.float64]:
+    """A column of unix times -> seconds; `unit` is 's', 'ms' or 'auto' (the rule above)."""
+    raw = np.asarray(values, dtype=np.float64)
+    array = raw
+    if unit == "ms":
+        array = array / 1000.0
+    elif unit == "auto":
+        array = np.where(array >= MS_THRESHOLD, array / 1000.0, array)
+    elif unit != "s":
+        raise ValueError(f"unknown time unit {unit!r}; use 's', 'ms' or 'auto'")
+    bad = ~np.isfinite(array) | (array < MIN_TS) | (array >= MAX_TS)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"row {row}: timestamp {raw[row]!r} is not a unix time between 1990 and 2100 "
+            "(check the time unit)"
+        )
+    return array
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One history as model inputs, oldest event first, at most max_len long."""
+
+    items: IntArray  # (L,)
+    event_types: IntArray  # (L,)
+    dense: FloatArray  # (L, len(DENSE_FEATURES))
+    n_unknown: int
+
+    @property
+    def length(self) -> int:
+        return int(self.items.shape[0])
+
+    def digest(self) -> str:
+        """Stable hash of the encoded input: equal histories give equal digests."""
+        h = hashlib.blake2b(digest_size=16)
+        for array in (self.items, self.event_types, self.dense):
+            h.update(np.ascontiguousarray(array).tobytes())
+        h.update(str(self.length).encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Stats:
+    mean: float
+    std: float
+
+    def apply(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return (values - self.mean) / self.std
+
+    @classmethod
+    def fit(cls, values: npt.NDArray[np.float64]) -> Stats:
+        if values.size == 0:
+            return cls(0.0, 1.0)
+        std = float(values.std())
+        return cls(float(values.mean()), std if std > 1e-6 else 1.0)
+
+
+@dataclass
+class Preprocessor:
+    """Everything needed to encode raw events exactly as training did."""
+
+    max_len: int
+    item_ids: list[str]  # item_ids[i] has index i + NUM_RESERVED
+    event_types: list[str]  # event_types[i] has index i + NUM_RESERVED
+    gap_stats: Stats = field(default_factory=lambda: Stats(0.0, 1.0))
+    age_stats: Stats = field(default_factory=lambda: Stats(0.0, 1.0))
+    dwell_stats: Stats = field(default_factory=lambda: Stats(0.0, 1.0))
+    version: int = PREPROCESS_VERSION
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError("max_len must be at least 1")
+        self._item_index = {item: i + NUM_RESERVED for i, item in enumerate(self.item_ids)}
+        self._type_index = {kind: i + NUM_RESERVED for i, kind in enumerate(self.event_types)}
+
+    @property
+    def num_items(self) -> int:
+        """Rows of the item embedding table, reserved indices included."""
+        return len(self.item_ids) + NUM_RESERVED
+
+    @property
+    def num_event_types(self) -> int:
+        return len(self.event_types) + NUM_RESERVED
+
+    def item_index(self, item_id: str) -> int:
+        return self._item_index.get(item_id, UNKNOWN)
+
+    # -- encoding ---------------------------------------------------------
+
+    def encode(
+        self,
+        item_ids: Sequence[str],
+        seconds: npt.ArrayLike,
+        event_types: Sequence[str],
+        dwell: npt.ArrayLike | None = None,
+    ) -> Encoded:
+        """Columns of one history (unix seconds, dwell NaN = missing) -> Encoded.
+
+        Stable sort by time (ties keep input order), keep the newest max_len.
+        """
+        ts = np.asarray(seconds, dtype=np.float64)
+        n = ts.shape[0]
+        if len(item_ids) != n or len(event_types) != n:
+            raise ValueError("item_ids, seconds and event_types must have equal length")
+        dw = np.full(n, np.nan) if dwell is None else np.asarray(dwell, dtype=np.float64)
+        order = np.argsort(ts, kind="stable")[-self.max_len :]
+        ts = ts[order]
+        items = np.fromiter(
+            (self._item_index.get(str(item_ids[i]), UNKNOWN) for i in order),
+            dtype=np.int64,
+            count=order.shape[0],
+        )
+        types = np.fromiter(
+            (self._type_index.get(str(event_types[i]), UNKNOWN) for i in order),
+            dtype=np.int64,
+            count=order.shape[0],
+        )
+        dense = np.zeros((order.shape[0], len(DENSE_FEATURES)), dtype=np.float32)
+        if order.shape[0]:
+            gaps = np.diff(ts, prepend=ts[0])
+            dense[:, 0] = self.gap_stats.apply(np.log1p(gaps))
+            dense[:, 1] = self.age_stats.apply(np.log1p(ts[-1] - ts))
+            d = dw[order]
+            # Missing dwell is encoded as the training mean (0 after scaling).
+            dense[:, 2] = np.where(np.isnan(d), 0.0, self.dwell_stats.apply(np.log1p(np.nan_to_num(d))))
+        return Encoded(items, types, dense, int((items == UNKNOWN).sum()))
+
+    def encode_events(self, events: Iterable[Mapping[str, Any] | Any]) -> Encoded:
+        """Raw events (dicts or objects with item_id, timestamp, event_type, dwell_time)."""
+        items: list[str] = []
+        kinds: list[str] = []
+        seconds: list[float] = []
+        dwell: list[float] = []
+        for index, event in enumerate(events):
+            get = event.get if isinstance(event, Mapping) else lambda k, e=event: getattr(e, k, None)
+            try:
+                seconds.append(timestamp_to_seconds(get("timestamp")))
+            except ValueError as exc:
+                raise EventError(index, "timestamp", str(exc)) from None
+            value = get("dwell_time")
+            if value is None:
+                dwell.append(math.nan)
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                    raise EventError(index, "dwell_time", "must be a finite number >= 0")
+                dwell.append(float(value))
+            items.append(str(get("item_id")))
+            kinds.append(str(get("event_type")))
+        return self.encode(items, seconds, kinds, dwell)
+
+    # -- persistence (plain JSON, no pickle) --------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "max_len": self.max_len,
+            "event_types": self.event_types,
+            "item_ids": self.item_ids,
+            "stats": {
+                "log_gap": [self.gap_stats.mean, self.gap_stats.std],
+                "log_age": [self.age_stats.mean, self.age_stats.std],
+                "dwell": [self.dwell_stats.mean, self.dwell_stats.std],
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Preprocessor:
+        if data.get("version") != PREPROCESS_VERSION:
+            raise ValueError(
+                f"preprocessing version {data.get('version')} is not supported (expected {PREPROCESS_VERSION})"
+            )
+        stats = data["stats"]
+        return cls(
+            max_len=int(data["max_len"]),
+            item_ids=[str(i) for i in data["item_ids"]],
+            event_types=[str(t) for t in data["event_types"]],
+            gap_stats=Stats(*stats["log_gap"]),
+            age_stats=Stats(*stats["log_age"]),
+            dwell_stats=Stats(*stats["dwell"]),
+        )
+
+
+def pad_batch(batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
+    """Right-pad a batch to its longest history (at least 1 column), with a mask.
+
+    Keys are the ONNX input names. An empty history is a row with an all-False
+    mask; the model answers it with its learned "no history" vector.
+    """
+    width = max([1, *(e.length for e in batch)])
+    size = len(batch)
+    items = np.zeros((size, width), dtype=np.int64)
+    types = np.zeros((size, width), dtype=np.int64)
+    dense = np.zeros((size, width, len(DENSE_FEATURES)), dtype=np.float32)
+    mask = np.zeros((size, width), dtype=bool)
+    for row, e in enumerate(batch):
+        n = e.length
+        items[row, :n] = e.items
+        types[row, :n] = e.event_types
+        dense[row, :n] = e.dense
+        mask[row, :n] = True
+    return {"items": items, "event_types": types, "dense": dense, "mask": mask}
