@@ -16,7 +16,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -80,7 +80,7 @@ def timestamp_to_seconds(value: Any) -> float:
         except ValueError:
             raise ValueError(f"timestamp string is not ISO-8601: {text[:40]!r}") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return _check_range(parsed.timestamp())
     raise ValueError("timestamp must be a number or an ISO-8601 string")
 
@@ -229,7 +229,8 @@ class Preprocessor:
             if value is None:
                 dwell.append(math.nan)
             else:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if not numeric or not math.isfinite(value) or value < 0:
                     raise EventError(index, "dwell_time", "must be a finite number >= 0")
                 dwell.append(float(value))
             items.append(str(get("item_id")))
