@@ -99,8 +99,7 @@ def unix_to_seconds(values: npt.ArrayLike, unit: str = "auto") -> npt.NDArray[np
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"row {row}: timestamp {raw[row]!r} is not a unix time between 1990 and 2100 "
-            "(check the time unit)"
+            f"row {row}: timestamp {raw[row]!r} is not a unix time between 1990 and 2100 (check the time unit)"
         )
     return array
 
