@@ -1,0 +1,147 @@
+"""One /embed request end to end: limits, preprocessing, cache, batcher, response rows.
+
+HTTP-free: it takes the parsed request and raises `ServiceError`s; routes stay thin.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from app.batching import Batcher, BatcherClosed, BatchFailed, QueueFull
+from app.cache import Cache, cache_key, from_bytes, to_bytes
+from app.config import Settings, env_name
+from app.errors import ErrorKind, ServiceError, invalid_field
+from app.metrics import Metrics
+from app.schemas import EmbeddingOut, EmbedRequest, EmbedResponse, SequenceIn
+from model.bundle import Bundle
+from model.features import Encoded, EventError, FloatArray
+
+RETRY_AFTER_S = 1
+
+
+class Embedder:
+    def __init__(
+        self, bundle: Bundle, provider: str, batcher: Batcher, cache: Cache, metrics: Metrics, settings: Settings
+    ) -> None:
+        self.bundle = bundle
+        self.provider = provider
+        self.batcher = batcher
+        self.cache = cache
+        self.metrics = metrics
+        self.settings = settings
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        self._check_limits(request)
+        started = time.perf_counter()
+        encoded = [self._encode(index, sequence) for index, sequence in enumerate(request.sequences)]
+        keys = [cache_key(self.bundle.model_version, e.digest()) for e in encoded]
+        self.metrics.preprocess.observe(time.perf_counter() - started)
+        self.metrics.sequences_per_request.observe(len(encoded))
+        for sequence in request.sequences:
+            self.metrics.events_per_sequence.observe(len(sequence.events))
+
+        # Identical histories in one request are looked up and computed once.
+        unique: dict[str, Encoded] = dict(zip(keys, encoded, strict=True))
+        vectors: dict[str, FloatArray] = {}
+        for key, value in zip(unique, await self.cache.get_many(list(unique)), strict=True):
+            vector = None if value is None else from_bytes(value, self.bundle.dim)
+            if vector is not None:
+                vectors[key] = vector
+        hits = {key for key in vectors}
+        n_hits = sum(key in hits for key in keys)
+        self.metrics.cache_hits.inc(n_hits)
+        self.metrics.cache_misses.inc(len(keys) - n_hits)
+
+        missing = [key for key in unique if key not in vectors]
+        if missing:
+            computed = await self._compute([unique[key] for key in missing], missing)
+            vectors.update(zip(missing, computed, strict=True))
+            await self.cache.set_many({key: to_bytes(vectors[key]) for key in missing})
+
+        rows = [
+            EmbeddingOut(
+                id=sequence.id,
+                embedding=self._format(vectors[key], request.encoding),
+                cached=key in hits,
+                events_used=e.length,
+                unknown_items=e.n_unknown,
+            )
+            for sequence, key, e in zip(request.sequences, keys, encoded, strict=True)
+        ]
+        return EmbedResponse(model_version=self.bundle.model_version, dim=self.bundle.dim, embeddings=rows)
+
+    def _check_limits(self, request: EmbedRequest) -> None:
+        limit = self.settings.max_sequences_per_request
+        if len(request.sequences) > limit:
+            raise ServiceError(
+                ErrorKind.TOO_LARGE,
+                f"sequences: {len(request.sequences)} sequences, at most {limit} per request "
+                f"({env_name('max_sequences_per_request')})",
+                fields=[{"field": "sequences", "message": f"at most {limit} sequences"}],
+            )
+        limit = self.settings.max_events_per_sequence
+        for index, sequence in enumerate(request.sequences):
+            if len(sequence.events) > limit:
+                path = f"sequences[{index}].events"
+                raise ServiceError(
+                    ErrorKind.TOO_LARGE,
+                    f"{path}: {len(sequence.events)} events, at most {limit} per sequence "
+                    f"({env_name('max_events_per_sequence')})",
+                    fields=[{"field": path, "message": f"at most {limit} events"}],
+                )
+
+    def _encode(self, index: int, sequence: SequenceIn) -> Encoded:
+        try:
+            return self.bundle.preprocessor.encode_events(sequence.events)
+        except EventError as exc:
+            raise invalid_field(f"sequences[{index}].events[{exc.index}].{exc.field}", exc.message) from None
+
+    async def _compute(self, items: list[Encoded], keys: list[str]) -> list[FloatArray]:
+        try:
+            return await self.batcher.embed(items, keys)
+        except QueueFull:
+            raise ServiceError(
+                ErrorKind.OVERLOADED, "the batch queue is full, retry shortly", retry_after_s=RETRY_AFTER_S
+            ) from None
+        except BatcherClosed:
+            raise ServiceError(
+                ErrorKind.NOT_READY, "the service is shutting down", retry_after_s=RETRY_AFTER_S
+            ) from None
+        except BatchFailed:
+            raise ServiceError(ErrorKind.INFERENCE_FAILED, "inference failed for this request's batch") from None
+
+    @staticmethod
+    def _format(vector: FloatArray, encoding: str) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(to_bytes(vector)).decode("ascii")
+        result: list[float] = vector.tolist()
+        return result
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        pre = self.bundle.preprocessor
+        return {
+            "model_version": self.bundle.model_version,
+            "dim": self.bundle.dim,
+            "max_len": self.bundle.max_len,
+            "vocabulary_size": len(pre.item_ids),
+            "event_types": list(pre.event_types),
+            "provider": self.provider,
+            "requested_provider": s.provider,
+            "limits": {
+                "max_sequences_per_request": s.max_sequences_per_request,
+                "max_events_per_sequence": s.max_events_per_sequence,
+                "max_body_bytes": s.max_body_bytes,
+            },
+            "batching": {"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms, "max_queue": s.max_queue},
+            "cache": {
+                "backend": self.cache.backend,
+                "state": self.cache.state(),
+                "ttl_s": s.cache_ttl_s,
+                "max_entries": s.cache_max_entries if self.cache.backend == "lru" else None,
+                "redis_timeout_ms": s.redis_timeout_ms if self.cache.backend == "redis" else None,
+            },
+            "auth": s.api_key is not None,
+        }
