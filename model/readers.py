@@ -114,7 +114,9 @@ def to_seconds(values: pd.Series, unit: str, where: Callable[[int], str]) -> np.
             bad = as_numbers.isna() & values.notna()
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataError(f"{where(row)}: timestamp {values.iloc[row]!r} is not a number (time unit {unit!r})")
+                raise DataError(
+                    f"{where(row)}: timestamp {_show(values.iloc[row])} is not a number (time unit {unit!r})"
+                )
             return to_seconds(as_numbers, unit, where)
         return _parse_each(values, iso_only=unit == "iso", where=where)
     array = values.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -123,7 +125,7 @@ def to_seconds(values: pd.Series, unit: str, where: Callable[[int], str]) -> np.
     except ValueError:
         row = _first_failing(array, unit)
         raise DataError(
-            f"{where(row)}: timestamp {values.iloc[row]!r} is not a unix time between 1990 and 2100 "
+            f"{where(row)}: timestamp {_show(values.iloc[row])} is not a unix time between 1990 and 2100 "
             f"(time unit {unit!r})"
         ) from None
 
@@ -167,10 +169,15 @@ def _parse_each(values: pd.Series, iso_only: bool, where: Callable[[int], str]) 
             row = int(np.argmax(codes == k))
             if missing.size and missing[0] < row:
                 break
-            raise DataError(f"{where(row)}: timestamp {value!r}: {exc}") from None
+            raise DataError(f"{where(row)}: timestamp {_show(value)}: {exc}") from None
     if missing.size:
         raise DataError(f"{where(int(missing[0]))}: timestamp is missing")
     return parsed[codes]
+
+
+def _show(value: Any) -> str:
+    """A raw value as it reads in the file: 12, nan, 'yesterday' (no numpy wrappers)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _number_or_text(value: Any) -> Any:
@@ -190,7 +197,7 @@ def to_dwell(values: pd.Series | None, n: int, where: Callable[[int], str]) -> n
     bad = (np.isnan(numbers) & values.notna().to_numpy()) | np.isinf(numbers) | (numbers < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{where(row)}: dwell_time {values.iloc[row]!r} must be a number >= 0 (or empty)")
+        raise DataError(f"{where(row)}: dwell_time {_show(values.iloc[row])} must be a number >= 0 (or empty)")
     return numbers
 
 
@@ -316,7 +323,7 @@ def read_delimited(
     used = sorted(set(positions.values()))
     text_roles = {"user", "item", "type"} | ({"time"} if time_unit == "iso" else set())
     dtypes = {positions[r]: str for r in text_roles if r in positions}
-    reader = pd.read_csv(
+    with pd.read_csv(
         path,
         sep=sep,
         header=0 if header else None,
@@ -325,8 +332,8 @@ def read_delimited(
         chunksize=chunk_rows,
         keep_default_na=False,
         na_values=[""],
-    )
-    return concat_frames(_convert_chunks(reader, path, header, positions, time_unit, type_map))
+    ) as reader:  # closes the file when a bad row stops the read
+        return concat_frames(_convert_chunks(reader, path, header, positions, time_unit, type_map))
 
 
 def _convert_chunks(
