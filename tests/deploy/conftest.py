@@ -20,9 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # for the service helpers of tests/app
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.app.service_helpers import Service, free_port, start_service, wait_until  # noqa: E402
-
-__all__ = ["REPO_ROOT", "Service", "free_port", "wait_until", "find_tool", "post_embeds"]
 
 DEPLOY = REPO_ROOT / "deploy"
 
@@ -89,8 +86,10 @@ def ml100k_histories(data_dir: Path) -> list[list[dict[str, Any]]]:
 
 
 @pytest.fixture(scope="session")
-def deploy_service(ml100k_bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def deploy_service(ml100k_bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One `ubs-embed serve` on the real ml-100k bundle (in-process LRU cache), for every deploy check."""
+    from tests.app.service_helpers import start_service
+
     bundle = Path(getattr(ml100k_bundle, "path", ml100k_bundle))
     service = start_service(bundle, tmp_path_factory.mktemp("deploy-service"))
     yield service
@@ -98,7 +97,7 @@ def deploy_service(ml100k_bundle: Any, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
-def service_metrics(deploy_service: Service, ml100k_histories: list[list[dict[str, Any]]]) -> str:
+def service_metrics(deploy_service: Any, ml100k_histories: list[list[dict[str, Any]]]) -> str:
     """The service's real /metrics text after successful /embed calls and one refused request,
     so that labelled families (requests by status, failures by reason) have samples."""
     post_embeds(deploy_service.url, ml100k_histories, requests=3)
