@@ -148,9 +148,24 @@ def _funnels(
     clock = begin + elapsed - np.repeat(elapsed[first], np.diff(np.append(first, n)))
     rows, kinds = np.nonzero(happened)  # row-major: a visit's events stay together, in funnel order
     return events_frame(
-        user_id=(users[rows] + 1).astype(str),
-        item_id=(items[rows] + 1).astype(str),
+        user_id=_numbered(users[rows], int(users.max()) + 1),
+        item_id=_numbered(items[rows], int(items.max()) + 1),
         timestamp=np.round(clock[rows] + offset[rows, kinds], 3),
-        event_type=np.asarray(EVENT_TYPES)[kinds],
+        event_type=_named(kinds, EVENT_TYPES),
         dwell_time=np.round(dwell[rows, kinds], 3),
     )
+
+
+def _numbered(index: np.ndarray, count: int) -> pd.Categorical:
+    """0-based indices -> categorical ids "1".."count", without one Python string per row."""
+    return _named(index, (np.arange(count) + 1).astype(str))
+
+
+def _named(index: np.ndarray, names: tuple[str, ...] | np.ndarray) -> pd.Categorical:
+    """Indices into `names` -> a categorical with sorted string categories, as the readers make."""
+    labels = np.asarray(names, dtype=str)
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.shape[0])
+    codes = rank[index]
+    return pd.Categorical.from_codes(codes, categories=pd.Index(labels[order], dtype="str")).remove_unused_categories()
