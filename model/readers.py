@@ -49,8 +49,9 @@ def events_frame(user_id: Any, item_id: Any, timestamp: Any, event_type: Any, dw
     seconds = np.asarray(timestamp, dtype=np.float64)
     n = seconds.shape[0]
     dwell = np.full(n, np.nan) if dwell_time is None else np.asarray(dwell_time, dtype=np.float64)
-    if isinstance(event_type, str):
-        event_type = np.full(n, event_type, dtype=object)
+    if isinstance(event_type, str):  # one type for every event: codes only, no string per row
+        only = pd.Index([event_type], dtype="str")
+        event_type = pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=only)
     return pd.DataFrame(
         {
             "user_id": _categorical(user_id),
@@ -204,8 +205,9 @@ def to_dwell(values: pd.Series | None, n: int, where: Callable[[int], str]) -> n
 # -- column mapping -------------------------------------------------------------
 
 # Roles of a generic log's columns, with the column each defaults to when the file
-# has a header. Without a header the defaults are positions 0, 1, 2 (user, item,
-# time), then 3 (type) and 4 (dwell) when the file has that many columns.
+# has a header. Without a header and without any column given, the defaults are
+# positions 0, 1, 2 (user, item, time), then 3 (type) and 4 (dwell) when the file
+# has that many columns.
 ROLES = ("user", "item", "time", "type", "dwell")
 DEFAULT_NAMES = {
     "user": "user_id",
@@ -234,15 +236,17 @@ def resolve_columns(
     unknown = set(given) - set(ROLES)
     if unknown:
         raise DataError(f"unknown column role(s) {sorted(unknown)}; use {', '.join(ROLES)}")
+    # Without a header, positions are only guessed when no column is given at all: a
+    # partial mapping must not pick up some unrelated column as type or dwell.
+    guess_positions = not header and all(choice is None for choice in given.values())
     positions: dict[str, int] = {}
     for position, role in enumerate(ROLES):
         choice = given.get(role)
         if choice is None:
-            if header:
-                if DEFAULT_NAMES[role] in names:
-                    positions[role] = names.index(DEFAULT_NAMES[role])
-                    continue
-            elif position < len(names):
+            if header and DEFAULT_NAMES[role] in names:
+                positions[role] = names.index(DEFAULT_NAMES[role])
+                continue
+            if guess_positions and position < len(names):
                 positions[role] = position
                 continue
             if role in OPTIONAL_ROLES:

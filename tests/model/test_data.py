@@ -163,6 +163,17 @@ def test_csv_default_column_names(tmp_path: Path) -> None:
     assert df["event_type"].tolist() == ["event", "event"]
 
 
+def test_csv_partial_mapping_without_header_guesses_nothing(tmp_path: Path) -> None:
+    # RetailRocket's layout without its header: column 4 (transaction id) must not become dwell.
+    rows = "1433221332117,257597,view,355908,\n1433222276276,257597,transaction,355908,4000\n"
+    path = write(tmp_path / "log.csv", rows)
+    df = load_events(path, "csv", header=False, columns={"user": 1, "item": 3, "time": 0, "type": 2})
+    assert df["event_type"].tolist() == ["view", "transaction"]
+    assert df["dwell_time"].isna().all()
+    with pytest.raises(DataError, match="no item column"):
+        load_events(path, "csv", header=False, columns={"user": 1, "time": 0})
+
+
 def test_csv_mapping_errors(tmp_path: Path) -> None:
     path = write(tmp_path / "log.csv", "a,b,c\n1,2,881250949\n")
     with pytest.raises(DataError, match=r"no user column.*\['a', 'b', 'c'\]"):
