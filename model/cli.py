@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    # Known user errors (a bad log, a missing bundle, a wrong setting) print one line, not a traceback.
+    from model.bundle import BundleError
+
+    try:
+        return int(args._run(args) or 0)
+    except (BundleError, ValueError, FileNotFoundError) as exc:
+        print(f"ubs-embed {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
