@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 
 # Reserved indices, shared by items and event types.
 PAD = 0  # padding position (mask is False there)
@@ -33,8 +33,13 @@ MS_THRESHOLD = 1e11
 MIN_TS = 631152000.0  # 1990-01-01T00:00:00Z
 MAX_TS = 4102444800.0  # 2100-01-01T00:00:00Z
 
-# Dense per-event features, in column order of the `dense` input.
-DENSE_FEATURES = ("log_gap", "log_age", "dwell")
+# Dense per-event features, in column order of the `dense` input. Each depends
+# only on the event itself and the events before it in the kept window, so the
+# features of a prefix are the prefix of the features (the model is trained on
+# all prefixes in one pass): log_gap = log1p(seconds since the previous event,
+# 0 for the first), log_span = log1p(seconds since the first kept event),
+# dwell = log1p(dwell seconds), each standardised with training statistics.
+DENSE_FEATURES = ("log_gap", "log_span", "dwell")
 
 # ONNX input names, in the order the exported graph declares them.
 INPUT_NAMES = ("items", "event_types", "dense", "mask")
@@ -150,7 +155,7 @@ class Preprocessor:
     item_ids: list[str]  # item_ids[i] has index i + NUM_RESERVED
     event_types: list[str]  # event_types[i] has index i + NUM_RESERVED
     gap_stats: Stats = field(default_factory=lambda: Stats(0.0, 1.0))
-    age_stats: Stats = field(default_factory=lambda: Stats(0.0, 1.0))
+    span_stats: Stats = field(default_factory=lambda: Stats(0.0, 1.0))
     dwell_stats: Stats = field(default_factory=lambda: Stats(0.0, 1.0))
     version: int = PREPROCESS_VERSION
 
@@ -171,6 +176,42 @@ class Preprocessor:
 
     def item_index(self, item_id: str) -> int:
         return self._item_index.get(item_id, UNKNOWN)
+
+    @classmethod
+    def fit(cls, histories: Iterable[Any], max_len: int) -> Preprocessor:
+        """Vocabulary, type map and feature statistics from training histories.
+
+        Each history has time-sorted columns `item_ids`, `seconds`, `event_types`,
+        `dwell` (as `model.data.History`). Items keep their order of first
+        appearance, so the vocabulary is deterministic. Statistics are taken over
+        the newest max_len events of each history, the windows the model sees.
+        """
+        items: dict[str, None] = {}
+        kinds: dict[str, None] = {}
+        gaps: list[npt.NDArray[np.float64]] = []
+        spans: list[npt.NDArray[np.float64]] = []
+        dwells: list[npt.NDArray[np.float64]] = []
+        for h in histories:
+            items.update(dict.fromkeys(str(i) for i in h.item_ids))
+            kinds.update(dict.fromkeys(str(t) for t in h.event_types))
+            seconds = np.asarray(h.seconds, dtype=np.float64)[-max_len:]
+            dwell = np.asarray(h.dwell, dtype=np.float64)[-max_len:]
+            if seconds.shape[0]:
+                gaps.append(np.log1p(np.diff(seconds, prepend=seconds[0])))
+                spans.append(np.log1p(seconds - seconds[0]))
+                dwells.append(np.log1p(dwell[~np.isnan(dwell)]))
+
+        def joined(parts: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+            return np.concatenate(parts) if parts else np.zeros(0)
+
+        return cls(
+            max_len=max_len,
+            item_ids=list(items),
+            event_types=sorted(kinds),
+            gap_stats=Stats.fit(joined(gaps)),
+            span_stats=Stats.fit(joined(spans)),
+            dwell_stats=Stats.fit(joined(dwells)),
+        )
 
     # -- encoding ---------------------------------------------------------
 
@@ -202,15 +243,19 @@ class Preprocessor:
             dtype=np.int64,
             count=order.shape[0],
         )
-        dense = np.zeros((order.shape[0], len(DENSE_FEATURES)), dtype=np.float32)
-        if order.shape[0]:
-            gaps = np.diff(ts, prepend=ts[0])
-            dense[:, 0] = self.gap_stats.apply(np.log1p(gaps))
-            dense[:, 1] = self.age_stats.apply(np.log1p(ts[-1] - ts))
-            d = dw[order]
-            # Missing dwell is encoded as the training mean (0 after scaling).
-            dense[:, 2] = np.where(np.isnan(d), 0.0, self.dwell_stats.apply(np.log1p(np.nan_to_num(d))))
+        dense = self.dense_features(ts, dw[order])
         return Encoded(items, types, dense, int((items == UNKNOWN).sum()))
+
+    def dense_features(self, seconds: npt.NDArray[np.float64], dwell: npt.NDArray[np.float64]) -> FloatArray:
+        """(L,) time-sorted seconds and dwell (NaN = missing) -> (L, len(DENSE_FEATURES))."""
+        dense = np.zeros((seconds.shape[0], len(DENSE_FEATURES)), dtype=np.float32)
+        if seconds.shape[0]:
+            dense[:, 0] = self.gap_stats.apply(np.log1p(np.diff(seconds, prepend=seconds[0])))
+            dense[:, 1] = self.span_stats.apply(np.log1p(seconds - seconds[0]))
+            # Missing dwell is encoded as the training mean (0 after scaling).
+            missing = np.isnan(dwell)
+            dense[:, 2] = np.where(missing, 0.0, self.dwell_stats.apply(np.log1p(np.where(missing, 0.0, dwell))))
+        return dense
 
     def encode_events(self, events: Iterable[Mapping[str, Any] | Any]) -> Encoded:
         """Raw events (dicts or objects with item_id, timestamp, event_type, dwell_time)."""
@@ -246,7 +291,7 @@ class Preprocessor:
             "item_ids": self.item_ids,
             "stats": {
                 "log_gap": [self.gap_stats.mean, self.gap_stats.std],
-                "log_age": [self.age_stats.mean, self.age_stats.std],
+                "log_span": [self.span_stats.mean, self.span_stats.std],
                 "dwell": [self.dwell_stats.mean, self.dwell_stats.std],
             },
         }
@@ -263,7 +308,7 @@ class Preprocessor:
             item_ids=[str(i) for i in data["item_ids"]],
             event_types=[str(t) for t in data["event_types"]],
             gap_stats=Stats(*stats["log_gap"]),
-            age_stats=Stats(*stats["log_age"]),
+            span_stats=Stats(*stats["log_span"]),
             dwell_stats=Stats(*stats["dwell"]),
         )
 

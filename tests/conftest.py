@@ -27,3 +27,25 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"real data folder not found: {path} (set UBS_DATA_DIR)")
     return path
+
+
+# -- trained bundles ------------------------------------------------------------
+
+# A short real training run: small enough for CI (well under a minute on two cores),
+# long enough to beat the popularity baseline on ml-100k.
+SHORT_TRAINING = ("--epochs", "6", "--warmup-epochs", "1", "--lr", "0.005", "--time-budget-s", "45")
+
+
+@pytest.fixture(scope="session")
+def ml100k_bundle(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle trained briefly on real ml-100k through `ubs-embed train`; returns its directory.
+
+    The directory also holds the training checkpoint (checkpoint.pt) and metrics.json.
+    """
+    from model.cli import main
+
+    out = tmp_path_factory.mktemp("ml100k_bundle")
+    argv = ["train", "--data", str(data_dir / "ml-100k"), "--format", "movielens", "--out", str(out)]
+    if main([*argv, *SHORT_TRAINING, "--no-progress"]) != 0:
+        pytest.fail("ubs-embed train failed on ml-100k")
+    return out
