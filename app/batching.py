@@ -112,8 +112,17 @@ class Batcher:
             return list(await asyncio.gather(*(p.future for p in pending)))
         except BaseException:
             for p in pending:
-                p.future.cancel()  # no-op for those already done
+                if not p.future.done():
+                    p.future.cancel()
+                    self._drop(p)
             raise
+
+    def _drop(self, pending: _Pending) -> None:
+        # Removed at once, so the queue depth and the batch-size trigger count live sequences only.
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            pass  # already taken into a batch
 
     # -- the loop ----------------------------------------------------------
 

@@ -46,6 +46,8 @@ class Engine:
         # 0 lets onnxruntime use one thread per physical core; one batch runs at a time.
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        # No busy-waiting between batches: spinning pool threads take the cores the event loop needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = choose_providers(requested_provider, ort.get_available_providers())
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
