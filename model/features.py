@@ -74,7 +74,10 @@ def timestamp_to_seconds(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("timestamp must be a number or an ISO-8601 string, not a boolean")
     if isinstance(value, (int, float, np.integer, np.floating)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            raise ValueError("timestamp must lie between 1990-01-01 and 2100-01-01") from None
         if math.isfinite(number) and number >= MS_THRESHOLD:
             number /= 1000.0
         return _check_range(number)
@@ -104,7 +107,7 @@ def unix_to_seconds(values: npt.ArrayLike, unit: str = "auto") -> npt.NDArray[np
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"row {row}: timestamp {raw[row]!r} is not a unix time between 1990 and 2100 (check the time unit)"
+            f"row {row}: timestamp {float(raw[row])!r} is not a unix time between 1990 and 2100 (check the time unit)"
         )
     return array
 
@@ -231,6 +234,8 @@ class Preprocessor:
         if len(item_ids) != n or len(event_types) != n:
             raise ValueError("item_ids, seconds and event_types must have equal length")
         dw = np.full(n, np.nan) if dwell is None else np.asarray(dwell, dtype=np.float64)
+        if dw.shape != (n,):
+            raise ValueError("dwell must have one value (NaN = missing) per event")
         order = np.argsort(ts, kind="stable")[-self.max_len :]
         ts = ts[order]
         items = np.fromiter(
