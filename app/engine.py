@@ -28,14 +28,7 @@ class EngineError(RuntimeError):
 
 def choose_providers(requested: str, available: Sequence[str]) -> list[str]:
     """Providers to ask onnxruntime for, most preferred first."""
-    if requested == "cuda":
-        if CUDA not in available:
-            raise EngineError(
-                f"UBS_PROVIDER=cuda but onnxruntime offers only {', '.join(available)}: "
-                "install onnxruntime-gpu with a working CUDA, or set UBS_PROVIDER=auto or cpu"
-            )
-        return [CUDA, CPU]
-    if requested == "auto" and CUDA in available:
+    if requested in ("cuda", "auto") and CUDA in available:
         return [CUDA, CPU]
     return [CPU]
 
@@ -53,11 +46,17 @@ class Engine:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.requested_provider = requested_provider
         self.provider = self.session.get_providers()[0]
-        if providers[0] == CUDA and self.provider != CUDA:
-            message = f"CUDA was requested (UBS_PROVIDER={requested_provider}) but the session runs on {self.provider}"
-            if requested_provider == "cuda":
-                raise EngineError(message + ": check the CUDA/cuDNN install or set UBS_PROVIDER=cpu")
-            log.warning("%s; serving on CPU", message)
+        if requested_provider == "cuda" and self.provider != CUDA:
+            # Serve on CPU rather than not at all, but loudly: /info, the model_info metric
+            # (requested_provider="cuda") and the UbsEmbedGpuRequestedButOnCpu alert show it.
+            log.error(
+                "UBS_PROVIDER=cuda but the session runs on %s (onnxruntime offers %s): serving on CPU; "
+                "check the NVIDIA driver, the GPU reservation and that onnxruntime-gpu is installed",
+                self.provider,
+                ", ".join(ort.get_available_providers()),
+            )
+        elif providers[0] == CUDA and self.provider != CUDA:
+            log.warning("CUDA is offered but the session runs on %s; serving on CPU", self.provider)
         self.dim = dim
         self._check_signature()
         log.info("onnxruntime session on %s (requested %s), model %s", self.provider, requested_provider, onnx_path)

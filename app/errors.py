@@ -109,7 +109,10 @@ def _from_validation(exc: RequestValidationError) -> ServiceError:
         loc = tuple(item.get("loc", ()))
         message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
         if item.get("type") == "json_invalid":
-            message = "request body is not valid JSON"
+            # loc is ('body', character offset): the field at fault is the body itself.
+            offset = loc[1] if len(loc) > 1 else "?"
+            fields.append({"field": "body", "message": f"not valid JSON (at character {offset})"})
+            continue
         fields.append({"field": field_path(loc), "message": message})
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
     return ServiceError(ErrorKind.INVALID_REQUEST, summary or "invalid request", fields=fields)

@@ -296,6 +296,7 @@ EVENT = {"item_id": "242", "timestamp": 881250949, "event_type": "rating_3"}
         ({k: v for k, v in EVENT.items() if k != "timestamp"}, "sequences[0].events[1].timestamp"),
         ({**EVENT, "timestamp": "yesterday"}, "sequences[0].events[1].timestamp"),
         ({**EVENT, "timestamp": 12345}, "sequences[0].events[1].timestamp"),
+        ({**EVENT, "timestamp": 10**400}, "sequences[0].events[1].timestamp"),
         ({**EVENT, "timestamp": "2150-01-01T00:00:00Z"}, "sequences[0].events[1].timestamp"),
         ({**EVENT, "dwell_time": -3}, "sequences[0].events[1].dwell_time"),
     ],
@@ -330,6 +331,7 @@ def test_body_that_is_not_json_is_422(service: Service) -> None:
     )
     assert response.status_code == 422
     assert response.json()["error"]["type"] == "invalid_request"
+    assert response.json()["error"]["fields"] == [{"field": "body", "message": "not valid JSON (at character 1)"}]
 
 
 def test_too_many_sequences_is_413(service: Service) -> None:
@@ -449,3 +451,15 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir: Path, service_factor
     assert results["r"].status_code == 200
     assert service.process.wait(timeout=30) in GRACEFUL_EXIT
     assert "Application shutdown complete" in service.log()
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this machine has CUDA")
+def test_cuda_asked_on_a_machine_without_it_serves_on_cpu_and_says_so(bundle_dir: Path, service_factory: Any) -> None:
+    service = service_factory(bundle_dir, UBS_PROVIDER="cuda")
+    assert post(service, {"sequences": [{"events": [EVENT]}]}).status_code == 200
+    info = httpx.get(service.url + "/info", timeout=5).json()
+    assert (info["provider"], info["requested_provider"]) == ("CPUExecutionProvider", "cuda")
+    samples = scrape(service)
+    labels = [dict(labels) for (name, labels), v in samples.items() if name == "ubs_embed_model_info" and v == 1]
+    assert [(x["provider"], x["requested_provider"]) for x in labels] == [("CPUExecutionProvider", "cuda")]
+    assert "UBS_PROVIDER=cuda but the session runs on CPUExecutionProvider" in service.log()
