@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +142,117 @@ def test_the_bundle_job_writes_the_volume_the_api_reads() -> None:
         volumes = deployment["spec"]["template"]["spec"]["volumes"]
         (bundles,) = [v for v in volumes if v["name"] == "bundles"]
         assert bundles["persistentVolumeClaim"]["claimName"] == mounts["/bundles"]
+
+
+def container_env(container: dict[str, Any], configmap: dict[str, Any] | None = None) -> dict[str, str]:
+    """The container's environment as Kubernetes builds it: the ConfigMap (envFrom), then `env`, which wins."""
+    env = dict(configmap["data"]) if configmap else {}
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_onnxruntime_threads_match_each_variants_cpu_limit(variant: str) -> None:
+    """The ConfigMap's UBS_INTRA_OP_THREADS fits the CPU pod; the GPU pod, with more CPUs, sets its own."""
+    deployment = dict(zip(["cpu", "gpu"], api_deployments(), strict=True))[variant]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (configmap,) = by_kind("ConfigMap")
+    threads = int(container_env(container, configmap)["UBS_INTRA_OP_THREADS"])
+    assert threads == cpus(container["resources"]["limits"]["cpu"])
+
+
+def wait_script(container: dict[str, Any]) -> str:
+    shell, flag, script = container["command"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    return str(script)
+
+
+def still_waiting(script: str, seconds: float = 1.0, **env: str) -> bool:
+    """Run an init container's script here with `env`; True when it is still waiting after `seconds`."""
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # so that its `sleep` goes with it
+    )
+    try:
+        code = process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return True
+    assert code == 0, f"the wait script exited with {code}"
+    return False
+
+
+def test_the_training_job_waits_until_the_data_is_in(tmp_path: Path) -> None:
+    """`kubectl apply -f deploy/k8s/` creates the data volume and the Job together: the Job must not
+    train (on the synthetic generator) before ml-100k is copied in, or USE_SYNTHETIC asks for it."""
+    (job,) = by_kind("Job")
+    pod = job["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]
+    (trainer,) = pod["containers"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    data = container_env(trainer)["UBS_TRAIN_DATA"]
+    (trainer_mount,) = [m for m in trainer["volumeMounts"] if m["mountPath"] == data]
+    (wait_mount,) = [m for m in wait["volumeMounts"] if m["mountPath"] == data]
+    assert claims[wait_mount["name"]] == claims[trainer_mount["name"]] == "ubs-embed-data"
+    # The data is copied in through the waiting container (`kubectl cp -c wait-for-data`): it alone may write.
+    assert trainer_mount.get("readOnly") is True and not wait_mount.get("readOnly", False)
+    assert wait["image"] == trainer["image"] == "ubs-embed:train"
+    assert container_env(wait)["UBS_TRAIN_DATA"] == data
+
+    script = wait_script(wait)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    assert still_waiting(script, UBS_TRAIN_DATA=str(folder))
+    (folder / "ml-100k.partial").mkdir()  # a copy in progress, under its temporary name
+    (folder / "ml-100k.partial" / "u.data").write_text("1\t2\t3\t881250949\n")
+    assert still_waiting(script, UBS_TRAIN_DATA=str(folder))
+    (folder / "ml-100k.partial").rename(folder / "ml-100k")
+    assert not still_waiting(script, UBS_TRAIN_DATA=str(folder))
+    synthetic = tmp_path / "synthetic"
+    synthetic.mkdir()
+    (synthetic / "USE_SYNTHETIC").touch()
+    assert not still_waiting(script, UBS_TRAIN_DATA=str(synthetic))
+
+
+def test_retraining_runs_the_same_job_with_UBS_RETRAIN() -> None:
+    """The Job trains once (train-bundle.sh keeps an existing bundle); the suspended CronJob is the
+    same Job with UBS_RETRAIN=1, run by hand with `kubectl create job --from=cronjob/...`."""
+    (job,) = by_kind("Job")
+    (cronjob,) = by_kind("CronJob")
+    assert cronjob["spec"]["suspend"] is True
+    retrain = yaml.safe_load(yaml.safe_dump(cronjob["spec"]["jobTemplate"]["spec"]))
+    (trainer,) = retrain["template"]["spec"]["containers"]
+    assert container_env(trainer).get("UBS_RETRAIN") == "1"
+    trainer["env"] = [e for e in trainer["env"] if e["name"] != "UBS_RETRAIN"]
+    assert retrain == job["spec"], "the retraining Job differs from ubs-embed-train in more than UBS_RETRAIN"
+    (first,) = job["spec"]["template"]["spec"]["containers"]
+    assert container_env(first).get("UBS_RETRAIN", "0") != "1"
+
+
+def test_api_pods_wait_for_the_bundle(tmp_path: Path) -> None:
+    """An API pod created before the Job has finished waits in an init container instead of crash-looping."""
+    (configmap,) = by_kind("ConfigMap")
+    scripts = set()
+    for deployment in api_deployments():
+        pod = deployment["spec"]["template"]["spec"]
+        (wait,) = pod["initContainers"]
+        (api,) = pod["containers"]
+        assert wait["image"] == api["image"]
+        (source,) = [e["valueFrom"]["configMapKeyRef"] for e in wait["env"] if e["name"] == "UBS_BUNDLE_DIR"]
+        assert source == {"name": configmap["metadata"]["name"], "key": "UBS_BUNDLE_DIR"}
+        mounts = {m["mountPath"]: m for m in wait["volumeMounts"]}
+        assert mounts["/bundles"]["name"] == "bundles" and mounts["/bundles"]["readOnly"] is True
+        scripts.add(wait_script(wait))
+    (script,) = scripts
+    bundle = tmp_path / "bundles" / "default"
+    assert still_waiting(script, UBS_BUNDLE_DIR=str(bundle))
+    bundle.mkdir(parents=True)
+    (bundle / "model_version").write_text("0123456789abcdef\n")
+    assert not still_waiting(script, UBS_BUNDLE_DIR=str(bundle))
