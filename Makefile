@@ -5,8 +5,16 @@ DATA    ?= ../shared/data
 BUNDLE  ?= bundles/default
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
+# tcmalloc, when installed (Debian libtcmalloc-minimal4), for training: glibc malloc
+# page-faults on large activation tensors (see README, Training speed).
+TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
+TRAIN_ENV := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC))
 
-.PHONY: install serve bundle test lint bench clean
+# Debian packages the tests start for real: redis-server (throwaway caches), prometheus
+# (promtool and a live scrape), nginx (the load balancer config); tcmalloc for training.
+SYSTEM_PACKAGES := redis-server prometheus nginx libtcmalloc-minimal4
+
+.PHONY: install system-deps serve bundle test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -22,17 +30,26 @@ bundle: $(BUNDLE)/model_version
 $(BUNDLE)/model_version: | install
 	@if [ -f $(DATA)/ml-100k/u.data ]; then \
 	  echo "training on MovieLens 100K ($(DATA)/ml-100k)"; \
-	  $(VENV)/bin/ubs-embed train --data $(DATA)/ml-100k --format movielens --out $(BUNDLE); \
+	  $(TRAIN_ENV) $(VENV)/bin/ubs-embed train --data $(DATA)/ml-100k --format movielens --out $(BUNDLE); \
 	else \
 	  echo "no real data at $(DATA)/ml-100k: training on the synthetic generator (not a quality model)"; \
-	  $(VENV)/bin/ubs-embed train --format synthetic --out $(BUNDLE); \
+	  $(TRAIN_ENV) $(VENV)/bin/ubs-embed train --format synthetic --out $(BUNDLE); \
 	fi
 
 # The main job: the service answering /embed on http://$(HOST):$(PORT).
 serve: bundle
 	$(VENV)/bin/ubs-embed serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
-test: install
+# Installs the Debian packages above when one of their commands is missing (needs root).
+system-deps:
+	@for c in redis-server promtool prometheus nginx; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ] || [ -z "$(TCMALLOC)" ]; then \
+	  echo "installing $(SYSTEM_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+test: install system-deps
 	$(PY) -m pytest
 
 lint: install

@@ -82,6 +82,12 @@ def mean_embedding_vectors(encoded: Sequence[Encoded], table: npt.NDArray[np.flo
     return out
 
 
+def log_items(split: LeaveOneOut) -> set[str]:
+    """Distinct items of the whole log: the training part and every held-out target."""
+    items = {str(i) for h in split.train for i in h.item_ids}
+    return items | {t.item_id for t in (*split.valid, *split.test)}
+
+
 def evaluate(
     pre: Preprocessor,
     vectors: Vectors,
@@ -93,7 +99,8 @@ def evaluate(
     report: dict[str, Any] = {
         "protocol": "leave-one-out by time, full ranking of all items, history not masked",
         "users": len(split.test),
-        "items": pre.num_items - NUM_RESERVED,
+        "items": pre.num_items - NUM_RESERVED,  # ranked: the vocabulary of the training part
+        "log_items": len(log_items(split)),
     }
     popularity = popularity_scores(pre, split.train) if baselines else None
     for part, targets in (("valid", split.valid), ("test", split.test)):
@@ -114,7 +121,8 @@ def evaluate(
 def format_table(report: dict[str, Any]) -> str:
     """The report as a fixed-width text table, one row per (split, method)."""
     lines = [
-        f"{report['users']} users, {report['items']} items; {report['protocol']}",
+        f"{report['users']} users, {report['log_items']} items in the log, {report['items']} ranked "
+        f"(those of the training part); {report['protocol']}",
         f"unseen targets (counted as misses): valid {report['valid_unseen_targets']}, "
         f"test {report['test_unseen_targets']}",
         f"{'split':<6} {'method':<20} " + " ".join(f"{name:>9}" for name in METRIC_NAMES),
@@ -127,7 +135,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def flat_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """One flat JSON object: test metrics of the model as `ndcg@10`..., the rest prefixed."""
-    out: dict[str, Any] = {k: report[k] for k in ("users", "items", "valid_unseen_targets", "test_unseen_targets")}
+    keys = ("users", "items", "log_items", "valid_unseen_targets", "test_unseen_targets")
+    out: dict[str, Any] = {k: report[k] for k in keys}
     out.update(report["test"]["model"])
     for part in ("valid", "test"):
         for method, values in report[part].items():

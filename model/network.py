@@ -37,6 +37,12 @@ class NetworkConfig:
     dropout: float = 0.2
     dim: int = 64  # output vector size
     pooling: str = "last"  # "last" or "last+mean"
+    # Score items with a linear map of the input item embeddings instead of a separate
+    # output table: one set of item parameters, learned from both sides.
+    tied_items: bool = False
+    # Subtract a learned multiple of the summed item vectors of the history from the
+    # output, so items already seen score lower (the vector itself "remembers" them).
+    exclude_history: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -103,7 +109,11 @@ class Compressor(nn.Module):
             raise ValueError(f"unknown pooling {cfg.pooling!r}")
         self.proj = nn.Linear(pooled, cfg.dim)
         # Output item table, scored by dot product against the vector.
-        self.out_item_emb = nn.Embedding(cfg.num_items, cfg.dim)
+        if cfg.tied_items:
+            self.out_item_proj = nn.Linear(c, cfg.dim)
+        else:
+            self.out_item_emb = nn.Embedding(cfg.num_items, cfg.dim)
+        self.exclude_scale = nn.Parameter(torch.zeros(())) if cfg.exclude_history else None
         self.apply(self._init)
 
     @staticmethod
@@ -137,7 +147,13 @@ class Compressor(nn.Module):
             weights = valid.unsqueeze(-1).to(h.dtype)
             running = torch.cumsum(h * weights, dim=1) / torch.cumsum(weights, dim=1)  # causal mean
             h = torch.cat([h, running], dim=-1)
-        return self.proj(h)  # (B, T, dim)
+        out = self.proj(h)  # (B, T, dim)
+        if self.exclude_scale is not None:
+            known = (mask & (items >= NUM_RESERVED)).unsqueeze(-1).to(out.dtype)  # (B, L, 1)
+            seen = torch.cumsum(self.item_table()[items] * known, dim=1)  # (B, L, dim) items 0..t
+            seen = torch.cat([torch.zeros_like(seen[:, :1]), seen], dim=1)  # (B, T, dim) items before t
+            out = out - F.softplus(self.exclude_scale) * seen
+        return out
 
     def forward(
         self, items: torch.Tensor, event_types: torch.Tensor, dense: torch.Tensor, mask: torch.Tensor
@@ -150,6 +166,8 @@ class Compressor(nn.Module):
 
     def item_table(self) -> torch.Tensor:
         """(num_items, dim) scoring matrix; reserved rows are never recommended."""
+        if self.cfg.tied_items:
+            return self.out_item_proj(self.item_emb.weight)
         return self.out_item_emb.weight
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:

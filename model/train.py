@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +30,41 @@ from model.features import NUM_RESERVED, UNKNOWN, Encoded, Preprocessor, pad_bat
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+def knob(default: Any, help: str) -> Any:
+    """A TrainConfig field with its --help text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # model
-    max_len: int = 50
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 256
-    dropout: float = 0.2
-    dim: int = 64
-    pooling: str = "last"
+    max_len: int = knob(50, "events kept per history (the newest)")
+    d_model: int = knob(64, "Transformer width")
+    n_layers: int = knob(2, "Transformer blocks")
+    n_heads: int = knob(2, "attention heads")
+    d_ff: int = knob(256, "feed-forward width")
+    dropout: float = knob(0.4, "dropout on embeddings, attention and residuals")
+    dim: int = knob(64, "size of the output vector")
+    pooling: str = knob("last", "'last' (last valid position) or 'last+mean' (with the causal running mean)")
+    tied_items: bool = knob(False, "score items with a map of the input item embeddings (no separate table)")
+    exclude_history: bool = knob(
+        True, "subtract a learned multiple of the history's item vectors (seen items rank lower)"
+    )
     # optimisation
-    epochs: int = 200
-    patience: int = 15
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    warmup_epochs: int = 3
-    item_dropout: float = 0.2
-    label_smoothing: float = 0.0
-    future_k: int = 0
-    future_weight: float = 0.5
+    epochs: int = knob(80, "epochs; the learning rate follows a warm-up and a cosine decay over all of them")
+    patience: int = knob(80, "stop after this many epochs without a better validation NDCG@10")
+    batch_size: int = knob(128, "windows per step")
+    lr: float = knob(2e-3, "AdamW peak learning rate")
+    weight_decay: float = knob(0.1, "AdamW weight decay (matrices and embeddings only)")
+    warmup_epochs: int = knob(3, "linear warm-up epochs")
+    item_dropout: float = knob(0.2, "share of input items replaced by 'unknown' in training")
+    label_smoothing: float = knob(0.0, "label smoothing of the next-item cross-entropy")
+    future_k: int = knob(0, "also predict the k items after the next one (auxiliary loss)")
+    future_weight: float = knob(0.5, "weight of that auxiliary loss")
+    ema_decay: float = knob(0.995, "> 0: validate and export an exponential moving average of the weights")
     seed: int = 0  # --seed on the command line (shared with the synthetic generator)
-    threads: int = 0  # 0 = all cores
-    time_budget_s: float = 480.0  # training stops (keeping the best epoch) after this long
+    threads: int = knob(0, "torch threads (0 = all cores)")
+    time_budget_s: float = knob(480.0, "stop training after this many seconds, keeping the best epoch")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
@@ -186,8 +196,18 @@ def train_model(
         dropout=cfg.dropout,
         dim=cfg.dim,
         pooling=cfg.pooling,
+        tied_items=cfg.tied_items,
+        exclude_history=cfg.exclude_history,
     )
     model = Compressor(net_cfg)
+    # The averaged weights (when on) are what validation sees and what is exported.
+    averaged = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+        if cfg.ema_decay > 0
+        else None
+    )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -199,15 +219,19 @@ def train_model(
         optimizer, lambda step: lr_factor(step, cfg.warmup_epochs * steps_per_epoch, total_steps)
     )
 
+    def evaluated() -> Any:
+        return model if averaged is None else averaged.module
+
     def validate() -> dict[str, float]:
-        model.eval()
+        net = evaluated()
+        net.eval()
         with torch.no_grad():
 
             def vectors(batch: dict[str, np.ndarray]) -> np.ndarray:
-                return model(*(torch.from_numpy(batch[k]) for k in ("items", "event_types", "dense", "mask"))).numpy()
+                return net(*(torch.from_numpy(batch[k]) for k in ("items", "event_types", "dense", "mask"))).numpy()
 
             vecs = batched_vectors(vectors, valid_inputs, batch_size=256)
-            table = model.item_table().detach().numpy()
+            table = net.item_table().detach().numpy()
         return score_metrics(vecs, table, valid_targets)
 
     log: dict[str, Any] = {"epochs": [], "config": dataclasses.asdict(cfg), "network": net_cfg.to_dict()}
@@ -229,6 +253,8 @@ def train_model(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total_loss += float(loss.detach())
             n_batches += 1
         metrics = validate()
@@ -237,7 +263,7 @@ def train_model(
         bar.set_postfix(loss=f"{total_loss / n_batches:.3f}", val_ndcg10=f"{metrics['ndcg@10']:.4f}")
         if metrics["ndcg@10"] > best_ndcg:
             best_ndcg, best_epoch, stale = metrics["ndcg@10"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in evaluated().state_dict().items()}
         else:
             stale += 1
         if stale >= cfg.patience or elapsed > cfg.time_budget_s:
@@ -318,7 +344,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "seed":
             continue  # --seed comes with the data options and seeds training too
         value = getattr(defaults, f.name)
-        knobs.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(value), default=value)
+        flag = f"--{f.name.replace('_', '-')}"
+        text = f"{f.metadata['help']} (default: {value})"
+        if isinstance(value, bool):
+            knobs.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=value, help=text)
+        else:
+            knobs.add_argument(flag, dest=f.name, type=type(value), default=value, help=text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,18 @@ def data_dir() -> Path:
 
 # A short real training run: small enough for CI (well under a minute on two cores),
 # long enough to beat the popularity baseline on ml-100k.
-SHORT_TRAINING = ("--epochs", "6", "--warmup-epochs", "1", "--lr", "0.005", "--time-budget-s", "45")
+SHORT_TRAINING = (
+    "--epochs",
+    "6",
+    "--warmup-epochs",
+    "1",
+    "--lr",
+    "0.005",
+    "--ema-decay",
+    "0.9",
+    "--time-budget-s",
+    "45",
+)
 
 
 @pytest.fixture(scope="session")
