@@ -112,8 +112,9 @@ class Batcher:
             return list(await asyncio.gather(*(p.future for p in pending)))
         except BaseException:
             for p in pending:
-                if not p.future.done():
-                    p.future.cancel()
+                # gather() has usually cancelled the futures already when the caller is cancelled.
+                p.future.cancel()  # no-op for those already done
+                if p.future.cancelled():
                     self._drop(p)
             raise
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "ubs-embed"
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 5.0
+REDIS_POOL_SIZE = 32  # connections per replica; one lookup and one store per request at a time each
 
 
 def cache_key(model_version: str, digest: str) -> str:
@@ -105,13 +106,18 @@ class RedisCache:
         self.ttl_s = ttl_s
         self._metrics = metrics
         # No client-side retries: a failed call is counted and skipped, the backoff below decides when to retry.
-        self._client = aioredis.Redis.from_url(
+        # A bounded pool that waits (at most the timeout) for a free connection: under a burst of
+        # concurrent requests, lookups queue for a connection instead of failing with "too many".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._client = aioredis.Redis(connection_pool=pool)
         self._retry_at = 0.0
         self._backoff_s = BACKOFF_START_S
         self._last_error: str | None = None
@@ -163,7 +169,7 @@ class RedisCache:
         return "ok" if self._last_error is None else f"unavailable ({self._last_error}), serving without cache"
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
 
 def make_cache(

@@ -100,9 +100,11 @@ async def test_cancelled_caller_is_dropped_before_inference() -> None:
     batcher = await started(model, max_batch_size=2)
     gone = asyncio.create_task(batcher.embed([encoded(1)]))
     await settle()
+    assert batcher.depth() == 1
     gone.cancel()
     await settle()
     assert gone.cancelled()
+    assert batcher.depth() == 0  # left the queue at once, not only when a batch is taken
     a = asyncio.create_task(batcher.embed([encoded(2)]))
     b = asyncio.create_task(batcher.embed([encoded(3)]))
     await asyncio.gather(a, b)

@@ -390,17 +390,18 @@ def test_full_queue_answers_503_with_retry_after_at_once(bundle_dir: Path, servi
         UBS_MAX_SEQUENCES_PER_REQUEST="4",
         UBS_MAX_WAIT_MS="60000",
     )
-    seq = [{"events": [EVENT]}]
+    # Distinct histories: identical ones in a request are computed (and queued) once.
+    seqs = [{"events": [{**EVENT, "item_id": str(100 + i)}]} for i in range(6)]
     results: dict[str, httpx.Response] = {}
-    waiting = threading.Thread(target=lambda: results.update(a=post(service, {"sequences": seq * 3})))
+    waiting = threading.Thread(target=lambda: results.update(a=post(service, {"sequences": seqs[:3]})))
     waiting.start()
     wait_until(lambda: queue_depth(service) == 3, 10.0, "3 queued sequences")
-    refused = post(service, {"sequences": seq * 2})
+    refused = post(service, {"sequences": seqs[3:5]})
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["type"] == "overloaded"
     assert "a" not in results  # the queued request is still waiting
-    assert post(service, {"sequences": seq}).status_code == 200  # fills the batch: both go through
+    assert post(service, {"sequences": seqs[5:]}).status_code == 200  # fills the batch: both go through
     waiting.join(timeout=30)
     assert results["a"].status_code == 200
     assert value(scrape(service), "ubs_embed_failures_total", reason="overloaded") == 1
