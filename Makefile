@@ -58,7 +58,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: bundle
-	$(VENV)/bin/ubs-embed bench --bundle $(BUNDLE) --data $(DATA)
+	$(VENV)/bin/ubs-embed bench --bundle $(BUNDLE) --data $(DATA) --docs docs/bench
 
 clean:
 	rm -rf $(VENV) bundles

@@ -1,38 +1,28 @@
 """Request and response bodies of the HTTP API.
 
-The schema checks types and presence only. The value rules for events
-(timestamp formats and range, dwell) live in `model.features`, applied when the
-events are encoded, so training and serving cannot disagree about them.
+The schema checks the shape of a request only: a list of sequences, each with a
+list of event objects. Every rule about an event's fields (types, presence,
+timestamp formats and range, dwell) lives in `model.features.encode_events`,
+which checks each event while encoding it; building a pydantic object per
+event would cost more than the model itself. `Event` below documents that
+contract in the OpenAPI schema.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from model.features import MAX_LABEL
 
 
 def _int_to_str(value: Any) -> Any:
-    # Item ids and event types are labels; a JSON integer id means the same label.
+    # A JSON integer id means the same label as its decimal string.
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
 
-
-def _timestamp_type(value: Any) -> Any:
-    # One clear message instead of one per union member; the value rules are in model.features.
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("must be a number (unix seconds or milliseconds) or an ISO-8601 string")
-    return value
-
-
-def _dwell_type(value: Any) -> Any:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ValueError("must be a number of seconds")
-    return value
-
-
-Label = Annotated[str, BeforeValidator(_int_to_str), Field(min_length=1, max_length=256)]
 
 EXAMPLE_REQUEST: dict[str, Any] = {
     "sequences": [
@@ -50,18 +40,21 @@ EXAMPLE_REQUEST: dict[str, Any] = {
 
 
 class Event(BaseModel):
-    """One raw behavior event."""
+    """One raw behavior event (checked by model.features.encode_events; unknown fields are ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    item_id: str | int = Field(description=f"1 to {MAX_LABEL} characters; an integer is read as its decimal string")
+    timestamp: int | float | str = Field(
+        description="unix seconds, unix milliseconds (>= 1e11) or an ISO-8601 string (no zone = UTC), "
+        "between 1990 and 2100"
+    )
+    event_type: str | int = Field(description=f"1 to {MAX_LABEL} characters, e.g. view, cart, buy")
+    dwell_time: float | None = Field(default=None, description="seconds spent, >= 0")
 
-    item_id: Label
-    timestamp: Annotated[int | float | str, BeforeValidator(_timestamp_type)] = Field(
-        description="unix seconds, unix milliseconds (>= 1e11) or an ISO-8601 string (no zone = UTC)"
-    )
-    event_type: Label
-    dwell_time: Annotated[float | None, BeforeValidator(_dwell_type)] = Field(
-        default=None, description="seconds spent, >= 0"
-    )
+
+EventList = Annotated[
+    list[dict[str, Any]],
+    WithJsonSchema({"type": "array", "items": Event.model_json_schema()}),
+]
 
 
 class SequenceIn(BaseModel):
@@ -70,7 +63,7 @@ class SequenceIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: Annotated[str, BeforeValidator(_int_to_str), Field(max_length=256)] | None = None
-    events: list[Event]
+    events: EventList
 
 
 class EmbedRequest(BaseModel):

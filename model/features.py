@@ -262,28 +262,21 @@ class Preprocessor:
             dense[:, 2] = np.where(missing, 0.0, self.dwell_stats.apply(np.log1p(np.where(missing, 0.0, dwell))))
         return dense
 
-    def encode_events(self, events: Iterable[Mapping[str, Any] | Any]) -> Encoded:
-        """Raw events (dicts or objects with item_id, timestamp, event_type, dwell_time)."""
-        items: list[str] = []
-        kinds: list[str] = []
-        seconds: list[float] = []
-        dwell: list[float] = []
-        for index, event in enumerate(events):
-            get = event.get if isinstance(event, Mapping) else lambda k, e=event: getattr(e, k, None)
-            try:
-                seconds.append(timestamp_to_seconds(get("timestamp")))
-            except ValueError as exc:
-                raise EventError(index, "timestamp", str(exc)) from None
-            value = get("dwell_time")
-            if value is None:
-                dwell.append(math.nan)
-            else:
-                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-                if not numeric or not math.isfinite(value) or value < 0:
-                    raise EventError(index, "dwell_time", "must be a finite number >= 0")
-                dwell.append(float(value))
-            items.append(str(get("item_id")))
-            kinds.append(str(get("event_type")))
+    def encode_events(self, events: Sequence[Mapping[str, Any] | Any]) -> Encoded:
+        """Raw events (dicts, or objects with the same attributes) -> Encoded; EventError names a bad one.
+
+        An event has `item_id` and `event_type` (a non-empty string of at most
+        MAX_LABEL characters, or an integer, read as its decimal string),
+        `timestamp` (see timestamp_to_seconds) and optional `dwell_time` (a number
+        >= 0, or None). This is the only check of raw events: the service's schema
+        only requires a list of objects. The common case (dicts whose timestamps
+        are numbers) is checked column by column; anything else goes event by
+        event, which also finds the first bad event for the error.
+        """
+        columns = _fast_columns(events)
+        if columns is None:
+            columns = _checked_columns(events)
+        items, seconds, kinds, dwell = columns
         return self.encode(items, seconds, kinds, dwell)
 
     # -- persistence (plain JSON, no pickle) --------------------------------
@@ -316,6 +309,98 @@ class Preprocessor:
             span_stats=Stats(*stats["log_span"]),
             dwell_stats=Stats(*stats["dwell"]),
         )
+
+
+MAX_LABEL = 256  # characters of an item id or event type
+Columns = tuple[list[str], npt.NDArray[np.float64], list[str], npt.NDArray[np.float64]]
+
+
+def _label(value: Any) -> str | None:
+    """An item id or event type as its string, or None when it is not a valid label."""
+    if type(value) is int:
+        value = str(value)
+    elif type(value) is not str:
+        return None
+    return value if 0 < len(value) <= MAX_LABEL else None
+
+
+def _finite_number(value: Any) -> float | None:
+    """A finite int or float (not a bool) as a float, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fast_columns(events: Sequence[Any]) -> Columns | None:
+    """Columns of valid dict events with numeric timestamps, or None to take the checked path."""
+    try:
+        raw_items = [e["item_id"] for e in events]
+        raw_kinds = [e["event_type"] for e in events]
+        raw_times = [e["timestamp"] for e in events]
+        raw_dwell = [e.get("dwell_time") for e in events]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    items = [_label(v) for v in raw_items]
+    kinds = [_label(v) for v in raw_kinds]
+    if None in items or None in kinds:
+        return None
+    # type() rather than isinstance: a bool is not a timestamp; huge integers go the checked way.
+    if not all(type(t) is float or (type(t) is int and -(2**53) < t < 2**53) for t in raw_times):
+        return None
+    seconds = np.array(raw_times, dtype=np.float64)
+    seconds = np.where(seconds >= MS_THRESHOLD, seconds / 1000.0, seconds)
+    if not ((seconds >= MIN_TS) & (seconds < MAX_TS)).all():  # also false for NaN
+        return None
+    if all(d is None for d in raw_dwell):
+        dwell = np.full(len(raw_dwell), np.nan)
+    else:
+        if not all(d is None or type(d) is float or (type(d) is int and 0 <= d < 2**53) for d in raw_dwell):
+            return None
+        dwell = np.array([math.nan if d is None else d for d in raw_dwell], dtype=np.float64)
+        if not (np.isnan(dwell) | (np.isfinite(dwell) & (dwell >= 0))).all():
+            return None
+    return items, seconds, kinds, dwell  # type: ignore[return-value]  # no None left in the labels
+
+
+def _checked_columns(events: Sequence[Any]) -> Columns:
+    """Columns of the events, checked one by one; raises EventError at the first bad one."""
+    items: list[str] = []
+    kinds: list[str] = []
+    seconds: list[float] = []
+    dwell: list[float] = []
+    for index, event in enumerate(events):
+        if isinstance(event, Mapping):
+            get = event.get
+        else:
+            get = lambda key, e=event: getattr(e, key, None)  # noqa: E731
+        for field_name, out in (("item_id", items), ("event_type", kinds)):
+            value = get(field_name)
+            label = _label(value)
+            if label is None:
+                if value is None:
+                    raise EventError(index, field_name, "field required")
+                raise EventError(index, field_name, f"must be a string of 1 to {MAX_LABEL} characters or an integer")
+            out.append(label)
+        value = get("timestamp")
+        if value is None:
+            raise EventError(index, "timestamp", "field required")
+        try:
+            seconds.append(timestamp_to_seconds(value))
+        except ValueError as exc:
+            raise EventError(index, "timestamp", str(exc)) from None
+        value = get("dwell_time")
+        if value is None:
+            dwell.append(math.nan)
+        else:
+            number = _finite_number(value)
+            if number is None or number < 0:
+                raise EventError(index, "dwell_time", "must be a finite number >= 0")
+            dwell.append(number)
+    return items, np.array(seconds, dtype=np.float64), kinds, np.array(dwell, dtype=np.float64)
 
 
 def pad_batch(batch: Sequence[Encoded]) -> dict[str, np.ndarray]:

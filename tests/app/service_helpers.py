@@ -36,6 +36,22 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def wait_until_answering(
+    process: subprocess.Popen[bytes], url: str, log: Callable[[], str], timeout_s: float, what: str
+) -> None:
+    """Poll GET `url` until it answers 200; fail at once, with the log, if the process exits."""
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}:\n{log()}")
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, timeout_s, f"{what} to answer {url}")
+
+
 @dataclass
 class RedisServer:
     """A throwaway redis-server on a free port; stop() and start() keep the port."""
@@ -110,14 +126,5 @@ def start_service(bundle: Path, log_dir: Path, **env: str) -> Service:
             stderr=subprocess.STDOUT,
         )
     service = Service(f"http://127.0.0.1:{port}", process, log_path)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"service exited with {process.returncode}:\n{service.log()}")
-        try:
-            return httpx.get(service.url + "/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, START_TIMEOUT_S, "the service to become ready")
+    wait_until_answering(process, service.url + "/readyz", service.log, START_TIMEOUT_S, "the service")
     return service

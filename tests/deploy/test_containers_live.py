@@ -59,7 +59,7 @@ def test_nginx_accepts_the_deploy_config() -> None:
 
 @pytest.fixture
 def load_balancer(deploy_service: Any, tmp_path: Path) -> Iterator[str]:
-    from tests.app.service_helpers import free_port, wait_until
+    from tests.app.service_helpers import free_port, wait_until_answering
 
     nginx = find_tool("nginx", NGINX_HINT)
     port = free_port()
@@ -72,17 +72,8 @@ def load_balancer(deploy_service: Any, tmp_path: Path) -> Iterator[str]:
             stderr=log,
         )
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"nginx exited {process.returncode}: {(tmp_path / 'nginx.log').read_text()}")
-        try:
-            return httpx.get(url + "/lb-healthz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(up, 15.0, "nginx to listen")
+        wait_until_answering(process, url + "/lb-healthz", (tmp_path / "nginx.log").read_text, 15.0, "nginx")
         yield url
     finally:
         process.terminate()

@@ -29,7 +29,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.app.service_helpers import START_TIMEOUT_S, Service, free_port, wait_until
+from tests.app.service_helpers import START_TIMEOUT_S, Service, free_port, wait_until_answering
 from tests.deploy.conftest import DEPLOY, REPO_ROOT
 from tests.deploy.dockerfile import Stage, read_stages
 
@@ -316,16 +316,7 @@ def start_installed_service(service_venv: Path, bundle: Path, log_dir: Path) -> 
             stderr=subprocess.STDOUT,
         )
     service = Service(f"http://127.0.0.1:{port}", process, log_path)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"service exited with {process.returncode}:\n{service.log()}")
-        try:
-            return httpx.get(service.url + "/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, START_TIMEOUT_S, "the installed service to become ready")
+    wait_until_answering(process, service.url + "/readyz", service.log, START_TIMEOUT_S, "the installed service")
     return service, port
 
 

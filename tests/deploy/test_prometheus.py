@@ -80,7 +80,7 @@ def local_config(service_url: str, port: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prometheus(deploy_service: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.app.service_helpers import free_port, wait_until
+    from tests.app.service_helpers import free_port, wait_until_answering
 
     binary = find_tool("prometheus", HINT)
     workdir = tmp_path_factory.mktemp("prometheus")
@@ -99,17 +99,8 @@ def prometheus(deploy_service: Any, tmp_path_factory: pytest.TempPathFactory) ->
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"prometheus exited {process.returncode}: {(workdir / 'prometheus.log').read_text()}")
-        try:
-            return httpx.get(url + "/-/ready", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(ready, 30.0, "Prometheus to be ready")
+        wait_until_answering(process, url + "/-/ready", (workdir / "prometheus.log").read_text, 30.0, "Prometheus")
         yield url
     finally:
         process.terminate()

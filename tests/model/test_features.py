@@ -28,6 +28,8 @@ from model.features import (
     EventError,
     Preprocessor,
     Stats,
+    _checked_columns,
+    _fast_columns,
     pad_batch,
     timestamp_to_seconds,
     unix_to_seconds,
@@ -319,6 +321,15 @@ def test_encode_events_empty() -> None:
         ("dwell_time", math.nan),
         ("dwell_time", math.inf),
         ("dwell_time", [1.0]),
+        ("dwell_time", 10**400),
+        ("item_id", None),
+        ("item_id", ""),
+        ("item_id", "x" * 257),
+        ("item_id", ["242"]),
+        ("item_id", True),
+        ("item_id", 1.5),
+        ("event_type", None),
+        ("event_type", {"kind": "view"}),
     ],
 )
 def test_encode_events_error(field: str, value: Any) -> None:
@@ -330,6 +341,29 @@ def test_encode_events_error(field: str, value: Any) -> None:
     assert info.value.index == 2 and info.value.field == field
     assert isinstance(info.value, ValueError)
     assert str(info.value).startswith(f"event 2: {field}: ")
+
+
+def test_the_column_path_equals_the_event_by_event_path() -> None:
+    """Valid dicts with numeric times take the column path; it must encode exactly as the checked path."""
+    events = [
+        {"item_id": 242, "timestamp": 1704067200, "event_type": "view"},
+        {"item_id": "a", "timestamp": 1704067260500, "event_type": 7, "dwell_time": 3},  # ms, int type, int dwell
+        {"item_id": "b", "timestamp": 1704067100.25, "event_type": "cart", "dwell_time": 0.5, "extra": 1},
+        {"item_id": "a", "timestamp": 1704067100.25, "event_type": "buy", "dwell_time": None},  # a tie
+    ]
+    fast = _fast_columns(events)
+    assert fast is not None
+    checked = _checked_columns(events)
+    assert fast[0] == checked[0] == ["242", "a", "b", "a"]
+    assert fast[2] == checked[2] == ["view", "7", "cart", "buy"]
+    np.testing.assert_array_equal(fast[1], [1704067200.0, 1704067260.5, 1704067100.25, 1704067100.25])
+    np.testing.assert_array_equal(fast[1], checked[1])
+    np.testing.assert_array_equal(fast[3], [np.nan, 3.0, 0.5, np.nan])
+    np.testing.assert_array_equal(fast[3], checked[3])
+    # Anything the column path does not take goes event by event, with the same result.
+    iso = [{**events[0], "timestamp": "2024-01-01T00:00:00Z"}, *events[1:]]
+    assert _fast_columns(iso) is None
+    np.testing.assert_array_equal(_checked_columns(iso)[1], fast[1])
 
 
 def test_encode_events_zero_dwell_accepted() -> None:
