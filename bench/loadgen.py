@@ -151,6 +151,8 @@ def answer_error(status: int, body: bytes, sequences: int) -> str | None:
         embeddings = orjson.loads(body)["embeddings"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return "bad body"
+    if not isinstance(embeddings, list):
+        return "bad body"
     return None if len(embeddings) == sequences else "wrong count"
 
 
