@@ -164,6 +164,7 @@ def plot_quality(report: QualityReport, path: Path) -> None:
     axis.set(xscale="log", xlabel="vector dim", ylabel="NDCG@10 (test)", title="ml-100k, leave-one-out")
     axis.set_xticks(dims)
     axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
     fig.tight_layout()

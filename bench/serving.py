@@ -321,7 +321,8 @@ def check_targets(report: ServingReport) -> list[tuple[bool, str]]:
     for lv in report.levels:
         miss = report.find(lv.mode, "miss", lv.size, lv.concurrency) if lv.cache == "hit" else None
         if miss is not None:
-            pairs.append((lv.load.latency_ms["p50"] / miss.load.latency_ms["p50"], lv))
+            ratio = lv.load.latency_ms["p50"] / miss.load.latency_ms["p50"]
+            pairs.append((ratio if ratio == ratio else float("inf"), lv))  # NaN (no answer at all) is a miss
     if pairs:
         worst, lv = max(pairs, key=lambda pair: pair[0])
         out.append(

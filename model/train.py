@@ -61,6 +61,7 @@ class TrainConfig:
     label_smoothing: float = knob(0.0, "label smoothing of the next-item cross-entropy")
     future_k: int = knob(0, "also predict the k items after the next one (auxiliary loss)")
     future_weight: float = knob(0.5, "weight of that auxiliary loss")
+    seen_weight: float = knob(0.0, "weight of a loss that ranks the next item above the items already seen")
     ema_decay: float = knob(0.995, "> 0: validate and export an exponential moving average of the weights")
     seed: int = 0  # --seed on the command line (shared with the synthetic generator)
     threads: int = knob(0, "torch threads (0 = all cores)")
@@ -292,7 +293,34 @@ def sequence_loss(model: Any, tensors: list[Any], targets: Any, cfg: TrainConfig
         valid = future >= 0
         picked = logp.gather(-1, future.clamp(min=0))  # (B, T, K)
         loss = loss + cfg.future_weight * -(picked * valid).sum() / valid.sum().clamp(min=1)
+    if cfg.seen_weight:
+        loss = loss + cfg.seen_weight * seen_items_loss(logits, tensors[0], tensors[3], shifted[..., 0])
     return loss
+
+
+def seen_items_loss(logits: Any, items: Any, mask: Any, target: Any) -> Any:
+    """Cross-entropy of the next item against only the items already seen at each position.
+
+    The full softmax weighs a seen item like any of the thousands of others; here
+    they are the only competitors, so the vector learns to rank them below the
+    next item (the evaluation does not mask seen items).
+    logits (B, T, V) over real items; items, mask (B, L); target (B, T) real-item index or -100.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, length = items.shape
+    v = logits.shape[-1]
+    real = (items >= NUM_RESERVED) & mask  # (B, L) dropped-out and padded items are not "seen"
+    onehot = torch.zeros(b, length, v, device=logits.device)
+    onehot.scatter_(2, (items - NUM_RESERVED).clamp(min=0).unsqueeze(-1), real.unsqueeze(-1).to(onehot.dtype))
+    seen = torch.cumsum(onehot, dim=1) > 0  # (B, L, V) among events 0..t
+    seen = torch.cat([torch.zeros(b, 1, v, dtype=torch.bool, device=logits.device), seen], dim=1)  # before t
+    valid = (target >= 0) & seen.any(dim=-1)  # (B, T)
+    keep = seen | F.one_hot(target.clamp(min=0), v).bool()
+    restricted = logits.masked_fill(~keep, float("-inf"))
+    labels = torch.where(valid, target, torch.full_like(target, -100))
+    return F.cross_entropy(restricted.reshape(-1, v), labels.reshape(-1), ignore_index=-100)
 
 
 def save_checkpoint(path: Path, model: Any, pre: Preprocessor, log: dict[str, Any]) -> None:
