@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.metrics import Metrics
 from model.features import FloatArray
@@ -28,7 +29,10 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "ubs-embed"
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 5.0
-REDIS_POOL_SIZE = 32  # connections per replica; one lookup and one store per request at a time each
+REDIS_POOL_SIZE = 128  # connections per replica: a request holds at most one at a time
+# A timeout is often the event loop being busy rather than Redis being down: only this
+# many in a row make the cache pause; a refused connection pauses it at once.
+TIMEOUTS_BEFORE_PAUSE = 3
 
 
 def cache_key(model_version: str, digest: str) -> str:
@@ -120,6 +124,7 @@ class RedisCache:
         self._client = aioredis.Redis(connection_pool=pool)
         self._retry_at = 0.0
         self._backoff_s = BACKOFF_START_S
+        self._timeouts_in_a_row = 0
         self._last_error: str | None = None
 
     def _available(self) -> bool:
@@ -131,6 +136,10 @@ class RedisCache:
         if self._last_error is None:
             log.warning("redis unavailable (%s: %s): serving without the cache", type(exc).__name__, exc)
         self._last_error = type(exc).__name__
+        if isinstance(exc, TimeoutError | RedisTimeoutError):
+            self._timeouts_in_a_row += 1
+            if self._timeouts_in_a_row < TIMEOUTS_BEFORE_PAUSE:
+                return
         self._retry_at = time.monotonic() + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
 
@@ -138,6 +147,7 @@ class RedisCache:
         if self._last_error is not None:
             log.info("redis is back: cache enabled again")
         self._last_error = None
+        self._timeouts_in_a_row = 0
         self._backoff_s = BACKOFF_START_S
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:

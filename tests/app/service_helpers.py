@@ -67,7 +67,9 @@ class RedisServer:
         if shutil.which("redis-server") is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server)")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            # DEBUG SLEEP (local only) lets a test make Redis slow for real.
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            + ["--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
 import pytest
+import redis
 from service_helpers import RedisServer
 
 from app.cache import LruCache, RedisCache, cache_key, from_bytes, make_cache, to_bytes
@@ -76,5 +78,30 @@ async def test_redis_down_is_counted_skipped_and_retried(redis_server: RedisServ
     cache._retry_at = 0.0  # the backoff has passed
     await cache.set_many({"k": b"v2"})
     assert await cache.get_many(["k"]) == [b"v2"]
+    assert cache.state() == "ok"
+    await cache.close()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_redis_pauses_the_cache_only_after_several_timeouts(redis_server: RedisServer) -> None:
+    metrics = Metrics()
+    cache = RedisCache(redis_server.url, ttl_s=100, timeout_s=0.05, metrics=metrics)
+    await cache.set_many({"k": b"v"})
+    blocker = redis.Redis.from_url(redis_server.url)
+    sleeping = threading.Thread(target=lambda: blocker.execute_command("DEBUG", "SLEEP", "1.5"))
+    sleeping.start()
+    time.sleep(0.2)  # Redis is now busy for real: every call times out
+    for n in range(1, 4):
+        assert await cache.get_many(["k"]) == [None]
+        assert metrics.registry.get_sample_value("ubs_embed_cache_errors_total") == float(n)
+    # Three timeouts in a row: the cache pauses, so this lookup does not even try.
+    started = time.monotonic()
+    assert await cache.get_many(["k"]) == [None]
+    assert time.monotonic() - started < 0.02
+    assert metrics.registry.get_sample_value("ubs_embed_cache_errors_total") == 3.0
+    sleeping.join()
+    blocker.close()
+    cache._retry_at = 0.0  # the pause has passed
+    assert await cache.get_many(["k"]) == [b"v"]
     assert cache.state() == "ok"
     await cache.close()
