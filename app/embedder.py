@@ -49,7 +49,7 @@ class Embedder:
             vector = None if value is None else from_bytes(value, self.bundle.dim)
             if vector is not None:
                 vectors[key] = vector
-        hits = {key for key in vectors}
+        hits = set(vectors)  # found in the cache, before anything is computed
         n_hits = sum(key in hits for key in keys)
         self.metrics.cache_hits.inc(n_hits)
         self.metrics.cache_misses.inc(len(keys) - n_hits)
