@@ -9,12 +9,14 @@ import base64
 import time
 from typing import Any
 
+import orjson
+
 from app.batching import Batcher, BatcherClosed, BatchFailed, QueueFull
 from app.cache import Cache, cache_key, from_bytes, to_bytes
 from app.config import Settings, env_name
 from app.errors import ErrorKind, ServiceError, invalid_field
 from app.metrics import Metrics
-from app.schemas import EmbeddingOut, EmbedRequest, EmbedResponse, SequenceIn
+from app.schemas import EmbedRequest, SequenceIn
 from model.bundle import Bundle
 from model.features import Encoded, EventError, FloatArray
 
@@ -32,7 +34,8 @@ class Embedder:
         self.metrics = metrics
         self.settings = settings
 
-    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+    async def embed(self, request: EmbedRequest) -> bytes:
+        """The response body (an `EmbedResponse` as JSON bytes)."""
         self._check_limits(request)
         started = time.perf_counter()
         encoded = [self._encode(index, sequence) for index, sequence in enumerate(request.sequences)]
@@ -61,16 +64,19 @@ class Embedder:
             await self.cache.set_many({key: to_bytes(vectors[key]) for key in missing})
 
         rows = [
-            EmbeddingOut(
-                id=sequence.id,
-                embedding=self._format(vectors[key], request.encoding),
-                cached=key in hits,
-                events_used=e.length,
-                unknown_items=e.n_unknown,
-            )
+            {
+                "id": sequence.id,
+                "embedding": self._format(vectors[key], request.encoding),
+                "cached": key in hits,
+                "events_used": e.length,
+                "unknown_items": e.n_unknown,
+            }
             for sequence, key, e in zip(request.sequences, keys, encoded, strict=True)
         ]
-        return EmbedResponse(model_version=self.bundle.model_version, dim=self.bundle.dim, embeddings=rows)
+        body = {"model_version": self.bundle.model_version, "dim": self.bundle.dim, "embeddings": rows}
+        # orjson writes float32 arrays directly (shortest text that reads back to the same float32),
+        # several times faster than building and validating a pydantic response per row.
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def _check_limits(self, request: EmbedRequest) -> None:
         limit = self.settings.max_sequences_per_request
@@ -113,11 +119,10 @@ class Embedder:
             raise ServiceError(ErrorKind.INFERENCE_FAILED, "inference failed for this request's batch") from None
 
     @staticmethod
-    def _format(vector: FloatArray, encoding: str) -> list[float] | str:
+    def _format(vector: FloatArray, encoding: str) -> FloatArray | str:
         if encoding == "base64":
             return base64.b64encode(to_bytes(vector)).decode("ascii")
-        result: list[float] = vector.tolist()
-        return result
+        return vector
 
     def info(self) -> dict[str, Any]:
         s = self.settings

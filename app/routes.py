@@ -22,14 +22,15 @@ router = APIRouter()
 bearer = HTTPBearer(auto_error=False, description="the UBS_API_KEY, when the service has one")
 
 
-def get_embedder(request: Request) -> Embedder:
+async def get_embedder(request: Request) -> Embedder:
+    # async: FastAPI runs plain-def dependencies in a thread pool, a thread hop per request.
     embedder: Embedder | None = request.app.state.embedder
     if embedder is None:
         raise ServiceError(ErrorKind.NOT_READY, "the model is not loaded yet", retry_after_s=RETRY_AFTER_S)
     return embedder
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
     expected = request.app.state.settings.api_key
@@ -75,9 +76,10 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 @router.post("/embed", response_model=EmbedResponse, dependencies=Authorized, responses=ERRORS)
-async def embed(body: EmbedRequest, request: Request, embedder: EmbedderDep) -> EmbedResponse:
+async def embed(body: EmbedRequest, request: Request, embedder: EmbedderDep) -> Response:
     """Compress each sequence of raw behavior events into one vector."""
-    return await until_disconnected(request, embedder.embed(body))
+    # The embedder returns the EmbedResponse already serialised; FastAPI passes a Response through.
+    return Response(await until_disconnected(request, embedder.embed(body)), media_type="application/json")
 
 
 @router.get("/info", dependencies=Authorized)

@@ -138,7 +138,9 @@ def test_base64_encoding_round_trips(service: Service, ml100k_events: list[list[
     packed = post(service, body(events, encoding="base64")).json()
     raw = base64.b64decode(packed["embeddings"][0]["embedding"])
     assert len(raw) == 4 * packed["dim"]
-    np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), np.asarray(floats["embeddings"][0]["embedding"]))
+    # The JSON numbers are the shortest decimals that read back to exactly these float32 values.
+    as_float32 = np.asarray(floats["embeddings"][0]["embedding"], dtype=np.float32)
+    np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), as_float32)
 
 
 # -- cache --------------------------------------------------------------------------
