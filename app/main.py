@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await batcher.start()
         app.state.embedder = Embedder(bundle, engine.provider, batcher, cache, metrics, settings)
+        # Everything loaded so far lives as long as the process: keep it out of the cyclic
+        # collector, whose full passes over ~75k startup objects otherwise stall requests.
+        gc.collect()
+        gc.freeze()
         log.info(
             "serving model %s (dim %d, max_len %d) on %s, cache %s",
             bundle.model_version,

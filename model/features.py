@@ -238,16 +238,10 @@ class Preprocessor:
             raise ValueError("dwell must have one value (NaN = missing) per event")
         order = np.argsort(ts, kind="stable")[-self.max_len :]
         ts = ts[order]
-        items = np.fromiter(
-            (self._item_index.get(str(item_ids[i]), UNKNOWN) for i in order),
-            dtype=np.int64,
-            count=order.shape[0],
-        )
-        types = np.fromiter(
-            (self._type_index.get(str(event_types[i]), UNKNOWN) for i in order),
-            dtype=np.int64,
-            count=order.shape[0],
-        )
+        kept = order.tolist()  # Python ints: indexing a list with numpy integers is several times slower
+        item_index, type_index = self._item_index, self._type_index
+        items = np.array([item_index.get(str(item_ids[i]), UNKNOWN) for i in kept], dtype=np.int64)
+        types = np.array([type_index.get(str(event_types[i]), UNKNOWN) for i in kept], dtype=np.int64)
         dense = self.dense_features(ts, dw[order])
         return Encoded(items, types, dense, int((items == UNKNOWN).sum()))
 
@@ -324,6 +318,16 @@ def _label(value: Any) -> str | None:
     return value if 0 < len(value) <= MAX_LABEL else None
 
 
+def _labels(values: list[Any]) -> list[str] | None:
+    """Every value as a label, or None when one is not valid (the checked path then names it)."""
+    if all(type(v) is str for v in values):  # the common case, checked without a call per value
+        if values and (min(map(len, values)) == 0 or max(map(len, values)) > MAX_LABEL):
+            return None
+        return values
+    labels = [_label(v) for v in values]
+    return None if None in labels else labels  # type: ignore[return-value]  # no None left
+
+
 def _finite_number(value: Any) -> float | None:
     """A finite int or float (not a bool) as a float, else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -344,9 +348,9 @@ def _fast_columns(events: Sequence[Any]) -> Columns | None:
         raw_dwell = [e.get("dwell_time") for e in events]
     except (KeyError, TypeError, AttributeError):
         return None
-    items = [_label(v) for v in raw_items]
-    kinds = [_label(v) for v in raw_kinds]
-    if None in items or None in kinds:
+    items = _labels(raw_items)
+    kinds = _labels(raw_kinds)
+    if items is None or kinds is None:
         return None
     # type() rather than isinstance: a bool is not a timestamp; huge integers go the checked way.
     if not all(type(t) is float or (type(t) is int and -(2**53) < t < 2**53) for t in raw_times):
@@ -363,7 +367,7 @@ def _fast_columns(events: Sequence[Any]) -> Columns | None:
         dwell = np.array([math.nan if d is None else d for d in raw_dwell], dtype=np.float64)
         if not (np.isnan(dwell) | (np.isfinite(dwell) & (dwell >= 0))).all():
             return None
-    return items, seconds, kinds, dwell  # type: ignore[return-value]  # no None left in the labels
+    return items, seconds, kinds, dwell
 
 
 def _checked_columns(events: Sequence[Any]) -> Columns:
