@@ -43,6 +43,10 @@ class NetworkConfig:
     # Subtract a learned multiple of the summed item vectors of the history from the
     # output, so items already seen score lower (the vector itself "remembers" them).
     exclude_history: bool = False
+    # With exclude_history: also subtract a learned linear map of that sum. A scalar can only
+    # push every seen direction down alike; a map can learn which directions of the history
+    # mark "already seen" and which mark "likes more of this".
+    exclude_map: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -114,13 +118,17 @@ class Compressor(nn.Module):
         else:
             self.out_item_emb = nn.Embedding(cfg.num_items, cfg.dim)
         self.exclude_scale = nn.Parameter(torch.zeros(())) if cfg.exclude_history else None
+        self.exclude_proj = nn.Linear(cfg.dim, cfg.dim, bias=False) if cfg.exclude_history and cfg.exclude_map else None
         self.apply(self._init)
+        if self.exclude_proj is not None:
+            nn.init.zeros_(self.exclude_proj.weight)  # starts as the plain scaled exclusion
 
     @staticmethod
     def _init(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
@@ -153,6 +161,8 @@ class Compressor(nn.Module):
             seen = torch.cumsum(self.item_table()[items] * known, dim=1)  # (B, L, dim) items 0..t
             seen = torch.cat([torch.zeros_like(seen[:, :1]), seen], dim=1)  # (B, T, dim) items before t
             out = out - F.softplus(self.exclude_scale) * seen
+            if self.exclude_proj is not None:
+                out = out - self.exclude_proj(seen)
         return out
 
     def forward(

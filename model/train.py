@@ -50,6 +50,7 @@ class TrainConfig:
     exclude_history: bool = knob(
         True, "subtract a learned multiple of the history's item vectors (seen items rank lower)"
     )
+    exclude_map: bool = knob(True, "with --exclude-history: also subtract a learned linear map of those vectors")
     # optimisation
     epochs: int = knob(80, "epochs; the learning rate follows a warm-up and a cosine decay over all of them")
     patience: int = knob(80, "stop after this many epochs without a better validation NDCG@10")
@@ -199,6 +200,7 @@ def train_model(
         pooling=cfg.pooling,
         tied_items=cfg.tied_items,
         exclude_history=cfg.exclude_history,
+        exclude_map=cfg.exclude_map,
     )
     model = Compressor(net_cfg)
     # The averaged weights (when on) are what validation sees and what is exported.

@@ -35,7 +35,7 @@ def data_dir() -> Path:
 # long enough to beat the popularity baseline on ml-100k.
 SHORT_TRAINING = (
     "--epochs",
-    "6",
+    "9",
     "--warmup-epochs",
     "1",
     "--lr",
@@ -43,7 +43,7 @@ SHORT_TRAINING = (
     "--ema-decay",
     "0.9",
     "--time-budget-s",
-    "45",
+    "60",
 )
 
 
