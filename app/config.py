@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(default=86400, ge=1)
     cache_max_entries: int = Field(default=100_000, ge=1)
     redis_timeout_ms: float = Field(default=50.0, gt=0, le=10_000)
-    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_wait_ms: float = Field(default=2.0, ge=0, le=60_000)
     max_queue: int = Field(default=4096, ge=1)
     max_sequences_per_request: int = Field(default=256, ge=1)

@@ -275,7 +275,7 @@ def test_info_reports_model_provider_and_limits(service: Service, reference: Ref
     assert info["provider"] == "CPUExecutionProvider" and info["requested_provider"] == "auto"
     assert info["limits"]["max_sequences_per_request"] == MAX_SEQUENCES
     assert info["limits"]["max_body_bytes"] == MAX_BODY_BYTES
-    assert info["batching"] == {"max_batch_size": 64, "max_wait_ms": 20.0, "max_queue": 4096}
+    assert info["batching"] == {"max_batch_size": 32, "max_wait_ms": 20.0, "max_queue": 4096}
     assert info["cache"]["backend"] == "redis"
     assert httpx.get(service.url + "/healthz", timeout=5).json() == {"status": "ok"}
     schema = httpx.get(service.url + "/openapi.json", timeout=5).json()

@@ -23,7 +23,7 @@ def test_defaults() -> None:
     assert s.bundle_dir == Path("bundles/default")
     assert s.redis_url is None and s.api_key is None
     assert (s.cache_ttl_s, s.cache_max_entries, s.redis_timeout_ms) == (86400, 100_000, 50.0)
-    assert (s.max_batch_size, s.max_wait_ms, s.max_queue) == (64, 2.0, 4096)
+    assert (s.max_batch_size, s.max_wait_ms, s.max_queue) == (32, 2.0, 4096)
     assert (s.max_sequences_per_request, s.max_events_per_sequence, s.max_body_bytes) == (256, 10_000, 8 * 1024 * 1024)
     assert (s.provider, s.intra_op_threads, s.host, s.port, s.log_level) == ("auto", 0, "127.0.0.1", 8000, "info")
 
