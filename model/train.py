@@ -54,8 +54,8 @@ class TrainConfig:
     # optimisation
     epochs: int = knob(80, "epochs; the learning rate follows a warm-up and a cosine decay over all of them")
     patience: int = knob(80, "stop after this many epochs without a better validation NDCG@10")
-    batch_size: int = knob(128, "windows per step")
-    lr: float = knob(2e-3, "AdamW peak learning rate")
+    batch_size: int = knob(64, "windows per step")
+    lr: float = knob(3e-3, "AdamW peak learning rate")
     weight_decay: float = knob(0.1, "AdamW weight decay (matrices and embeddings only)")
     warmup_epochs: int = knob(3, "linear warm-up epochs")
     item_dropout: float = knob(0.2, "share of input items replaced by 'unknown' in training")
