@@ -27,6 +27,7 @@ from model.split import LeaveOneOut, Target, leave_one_out
 
 Vectors = Callable[[dict[str, np.ndarray]], npt.NDArray[np.float32]]
 BASELINES = ("most_popular", "mean_item_embedding")
+SEEN_MASKED = "model_seen_masked"  # not the protocol: the history's own items masked
 
 
 def encode_targets(pre: Preprocessor, targets: Sequence[Target]) -> tuple[list[Encoded], npt.NDArray[np.int64]]:
@@ -82,6 +83,32 @@ def mean_embedding_vectors(encoded: Sequence[Encoded], table: npt.NDArray[np.flo
     return out
 
 
+def history_items(pre: Preprocessor, targets: Sequence[Target]) -> list[npt.NDArray[np.int64]]:
+    """Vocabulary indices of the known items of each target's whole history."""
+    out = []
+    for t in targets:
+        indices = np.array([pre.item_index(str(i)) for i in t.history.item_ids], dtype=np.int64)
+        out.append(np.unique(indices[indices >= NUM_RESERVED]))
+    return out
+
+
+def mask_seen(
+    scores: npt.NDArray[np.float32], seen: Sequence[npt.NDArray[np.int64]], targets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    """A copy of `scores` with each row's history items at -inf (never its target)."""
+    masked = scores.copy()
+    for row, items in enumerate(seen):
+        masked[row, items[items != targets[row]]] = -np.inf
+    return masked
+
+
+def seen_share_at_10(scores: npt.NDArray[np.float32], seen: Sequence[npt.NDArray[np.int64]]) -> float:
+    """Share of the top-10 slots (reserved columns excluded) taken by items of the row's history."""
+    real = scores[:, NUM_RESERVED:]
+    top = np.argpartition(-real, 10, axis=1)[:, :10] + NUM_RESERVED
+    return float(np.mean([np.isin(top[row], items).mean() for row, items in enumerate(seen)]))
+
+
 def log_items(split: LeaveOneOut) -> set[str]:
     """Distinct items of the whole log: the training part and every held-out target."""
     items = {str(i) for h in split.train for i in h.item_ids}
@@ -110,6 +137,12 @@ def evaluate(
         if not np.isfinite(model_vectors).all():
             raise ValueError(f"the model returned non-finite vectors on the {part} inputs")
         results = {"model": score_metrics(model_vectors, table, indices)}
+        # A diagnostic beside the protocol, labelled as such: how much of the top 10 goes to
+        # items the user already has, and the metrics with those masked.
+        scores = model_vectors @ table.T
+        seen = history_items(pre, targets)
+        report[f"{part}_seen_share@10"] = seen_share_at_10(scores, seen)
+        results[SEEN_MASKED] = ranking_metrics(target_ranks(mask_seen(scores, seen, indices), indices))
         if popularity is not None:
             pop = np.broadcast_to(popularity, (len(encoded), popularity.shape[0]))
             results["most_popular"] = ranking_metrics(target_ranks(pop, indices))
@@ -130,12 +163,19 @@ def format_table(report: dict[str, Any]) -> str:
     for part in ("valid", "test"):
         for method, values in report[part].items():
             lines.append(f"{part:<6} {method:<20} " + " ".join(f"{values[name]:>9.4f}" for name in METRIC_NAMES))
+    if "test_seen_share@10" in report:
+        lines.append(
+            f"{SEEN_MASKED}: the same vectors with the history's own items masked (a diagnostic, not the protocol); "
+            f"top-10 slots on items already in the history: valid {report['valid_seen_share@10']:.1%}, "
+            f"test {report['test_seen_share@10']:.1%}"
+        )
     return "\n".join(lines)
 
 
 def flat_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """One flat JSON object: test metrics of the model as `ndcg@10`..., the rest prefixed."""
     keys = ("users", "items", "log_items", "valid_unseen_targets", "test_unseen_targets")
+    keys += ("valid_seen_share@10", "test_seen_share@10")
     out: dict[str, Any] = {k: report[k] for k in keys}
     out.update(report["test"]["model"])
     for part in ("valid", "test"):
