@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import time
@@ -322,7 +323,7 @@ def check_targets(report: ServingReport) -> list[tuple[bool, str]]:
         miss = report.find(lv.mode, "miss", lv.size, lv.concurrency) if lv.cache == "hit" else None
         if miss is not None:
             ratio = lv.load.latency_ms["p50"] / miss.load.latency_ms["p50"]
-            pairs.append((ratio if ratio == ratio else float("inf"), lv))  # NaN (no answer at all) is a miss
+            pairs.append((float("inf") if math.isnan(ratio) else ratio, lv))  # NaN (no answer at all) is a miss
     if pairs:
         worst, lv = max(pairs, key=lambda pair: pair[0])
         out.append(

@@ -136,10 +136,10 @@ def evaluate(
         model_vectors = batched_vectors(vectors, encoded)
         if not np.isfinite(model_vectors).all():
             raise ValueError(f"the model returned non-finite vectors on the {part} inputs")
-        results = {"model": score_metrics(model_vectors, table, indices)}
+        scores = model_vectors @ table.T
+        results = {"model": ranking_metrics(target_ranks(scores, indices))}
         # A diagnostic beside the protocol, labelled as such: how much of the top 10 goes to
         # items the user already has, and the metrics with those masked.
-        scores = model_vectors @ table.T
         seen = history_items(pre, targets)
         report[f"{part}_seen_share@10"] = seen_share_at_10(scores, seen)
         results[SEEN_MASKED] = ranking_metrics(target_ranks(mask_seen(scores, seen, indices), indices))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from model.features import NUM_RESERVED, UNKNOWN, Encoded, Preprocessor, pad_batch
+from model.features import DENSE_FEATURES, NUM_RESERVED, UNKNOWN, Encoded, Preprocessor, pad_batch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -186,21 +186,10 @@ def train_model(
         raise ValueError("no user has 2 or more training events: nothing to train on")
     valid_inputs, valid_targets = encode_targets(pre, split.valid)
 
+    # The model knobs of TrainConfig carry the same names as NetworkConfig's fields.
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(NetworkConfig) if hasattr(cfg, f.name)}
     net_cfg = NetworkConfig(
-        num_items=pre.num_items,
-        num_event_types=pre.num_event_types,
-        num_dense=pre.dense_features(np.zeros(1), np.zeros(1)).shape[1],
-        max_len=cfg.max_len,
-        d_model=cfg.d_model,
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        d_ff=cfg.d_ff,
-        dropout=cfg.dropout,
-        dim=cfg.dim,
-        pooling=cfg.pooling,
-        tied_items=cfg.tied_items,
-        exclude_history=cfg.exclude_history,
-        exclude_map=cfg.exclude_map,
+        num_items=pre.num_items, num_event_types=pre.num_event_types, num_dense=len(DENSE_FEATURES), **shared
     )
     model = Compressor(net_cfg)
     # The averaged weights (when on) are what validation sees and what is exported.
