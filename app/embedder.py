@@ -16,7 +16,7 @@ from app.cache import Cache, cache_key, from_bytes, to_bytes
 from app.config import Settings, env_name
 from app.errors import ErrorKind, ServiceError, invalid_field
 from app.metrics import Metrics
-from app.schemas import EmbedRequest, SequenceIn
+from app.schemas import EmbedRequest
 from model.bundle import Bundle
 from model.features import Encoded, EventError, FloatArray
 
@@ -38,7 +38,7 @@ class Embedder:
         """The response body (an `EmbedResponse` as JSON bytes)."""
         self._check_limits(request)
         started = time.perf_counter()
-        encoded = [self._encode(index, sequence) for index, sequence in enumerate(request.sequences)]
+        encoded = self._encode(request)
         keys = [cache_key(self.bundle.model_version, e.digest()) for e in encoded]
         self.metrics.preprocess.observe(time.perf_counter() - started)
         self.metrics.sequences_per_request.observe(len(encoded))
@@ -98,11 +98,12 @@ class Embedder:
                     fields=[{"field": path, "message": f"at most {limit} events"}],
                 )
 
-    def _encode(self, index: int, sequence: SequenceIn) -> Encoded:
+    def _encode(self, request: EmbedRequest) -> list[Encoded]:
         try:
-            return self.bundle.preprocessor.encode_events(sequence.events)
+            return self.bundle.preprocessor.encode_event_lists([sequence.events for sequence in request.sequences])
         except EventError as exc:
-            raise invalid_field(f"sequences[{index}].events[{exc.index}].{exc.field}", exc.message) from None
+            path = f"sequences[{exc.sequence}].events[{exc.index}].{exc.field}"
+            raise invalid_field(path, exc.message) from None
 
     async def _compute(self, items: list[Encoded], keys: list[str]) -> list[FloatArray]:
         try:

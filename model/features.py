@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ class EventError(ValueError):
         self.index = index
         self.field = field
         self.message = message
+        self.sequence: int | None = None  # which history, when many are encoded at once
 
 
 def _check_range(seconds: float) -> float:
@@ -236,21 +238,59 @@ class Preprocessor:
         dw = np.full(n, np.nan) if dwell is None else np.asarray(dwell, dtype=np.float64)
         if dw.shape != (n,):
             raise ValueError("dwell must have one value (NaN = missing) per event")
-        order = np.argsort(ts, kind="stable")[-self.max_len :]
-        ts = ts[order]
-        kept = order.tolist()  # Python ints: indexing a list with numpy integers is several times slower
-        item_index, type_index = self._item_index, self._type_index
-        items = np.array([item_index.get(str(item_ids[i]), UNKNOWN) for i in kept], dtype=np.int64)
-        types = np.array([type_index.get(str(event_types[i]), UNKNOWN) for i in kept], dtype=np.int64)
-        dense = self.dense_features(ts, dw[order])
-        return Encoded(items, types, dense, int((items == UNKNOWN).sum()))
+        labels = [str(i) for i in item_ids]  # an integer id means its decimal string
+        (encoded,) = self._encode_flat(labels, ts, [str(k) for k in event_types], dw, [n])
+        return encoded
+
+    def _encode_flat(
+        self,
+        item_ids: Sequence[str],
+        seconds: npt.NDArray[np.float64],
+        event_types: Sequence[str],
+        dwell: npt.NDArray[np.float64],
+        lengths: Sequence[int],
+    ) -> list[Encoded]:
+        """Many histories, their columns laid end to end (`lengths` events each) -> one Encoded each.
+
+        One pass of numpy calls for all of them: per history, the fixed cost of a
+        dozen small numpy calls would outweigh the work on 50 events.
+        """
+        if not lengths:
+            return []
+        sizes = np.asarray(lengths, dtype=np.int64)
+        history = np.repeat(np.arange(sizes.shape[0]), sizes)
+        # Stable sort by (history, time): ties in time keep input order.
+        order = np.lexsort((seconds, history))
+        first = np.cumsum(sizes) - sizes  # where each history starts in `order`
+        kept_sizes = np.minimum(sizes, self.max_len)
+        rank = np.arange(order.shape[0]) - np.repeat(first, sizes)  # position within its history
+        order = order[rank >= np.repeat(sizes - kept_sizes, sizes)]  # the newest max_len of each
+        items = _lookup(self._item_index, item_ids)[order]
+        types = _lookup(self._type_index, event_types)[order]
+        dense = self._dense(seconds[order], dwell[order], kept_sizes)
+        unknown = np.bincount(np.repeat(np.arange(sizes.shape[0]), kept_sizes)[items == UNKNOWN], minlength=len(sizes))
+        ends = np.cumsum(kept_sizes).tolist()
+        return [
+            Encoded(items[start:end], types[start:end], dense[start:end], n_unknown)
+            for start, end, n_unknown in zip([0, *ends[:-1]], ends, unknown.tolist(), strict=True)
+        ]
 
     def dense_features(self, seconds: npt.NDArray[np.float64], dwell: npt.NDArray[np.float64]) -> FloatArray:
         """(L,) time-sorted seconds and dwell (NaN = missing) -> (L, len(DENSE_FEATURES))."""
+        return self._dense(seconds, dwell, np.array([seconds.shape[0]]))
+
+    def _dense(
+        self, seconds: npt.NDArray[np.float64], dwell: npt.NDArray[np.float64], lengths: npt.NDArray[np.int64]
+    ) -> FloatArray:
+        """dense_features of histories laid end to end, each time-sorted, `lengths` events each."""
         dense = np.zeros((seconds.shape[0], len(DENSE_FEATURES)), dtype=np.float32)
         if seconds.shape[0]:
-            dense[:, 0] = self.gap_stats.apply(np.log1p(np.diff(seconds, prepend=seconds[0])))
-            dense[:, 1] = self.span_stats.apply(np.log1p(seconds - seconds[0]))
+            starts = (np.cumsum(lengths) - lengths)[lengths > 0]
+            previous = np.empty_like(seconds)
+            previous[1:] = seconds[:-1]
+            previous[starts] = seconds[starts]  # the first event of a history has no gap
+            dense[:, 0] = self.gap_stats.apply(np.log1p(seconds - previous))
+            dense[:, 1] = self.span_stats.apply(np.log1p(seconds - np.repeat(seconds[starts], lengths[lengths > 0])))
             # Missing dwell is encoded as the training mean (0 after scaling).
             missing = np.isnan(dwell)
             dense[:, 2] = np.where(missing, 0.0, self.dwell_stats.apply(np.log1p(np.where(missing, 0.0, dwell))))
@@ -263,15 +303,36 @@ class Preprocessor:
         MAX_LABEL characters, or an integer, read as its decimal string),
         `timestamp` (see timestamp_to_seconds) and optional `dwell_time` (a number
         >= 0, or None). This is the only check of raw events: the service's schema
-        only requires a list of objects. The common case (dicts whose timestamps
-        are numbers) is checked column by column; anything else goes event by
-        event, which also finds the first bad event for the error.
+        only requires a list of objects.
         """
-        columns = _fast_columns(events)
+        (encoded,) = self.encode_event_lists([events])
+        return encoded
+
+    def encode_event_lists(self, histories: Sequence[Sequence[Mapping[str, Any] | Any]]) -> list[Encoded]:
+        """encode_events of each history, in one pass; EventError names the history (`sequence`) and event.
+
+        The common case (dicts whose timestamps are numbers) is checked column by
+        column over all histories at once; anything else goes history by
+        history, event by event, which also finds the first bad event.
+        """
+        lengths = [len(events) for events in histories]
+        columns = _fast_columns([event for events in histories for event in events])
         if columns is None:
-            columns = _checked_columns(events)
+            parts = []
+            for sequence, events in enumerate(histories):
+                try:
+                    parts.append(_fast_columns(events) or _checked_columns(events))
+                except EventError as exc:
+                    exc.sequence = sequence
+                    raise
+            columns = (
+                [i for part in parts for i in part[0]],
+                np.concatenate([part[1] for part in parts]) if parts else np.zeros(0),
+                [k for part in parts for k in part[2]],
+                np.concatenate([part[3] for part in parts]) if parts else np.zeros(0),
+            )
         items, seconds, kinds, dwell = columns
-        return self.encode(items, seconds, kinds, dwell)
+        return self._encode_flat(items, seconds, kinds, dwell, lengths)
 
     # -- persistence (plain JSON, no pickle) --------------------------------
 
@@ -309,6 +370,11 @@ MAX_LABEL = 256  # characters of an item id or event type
 Columns = tuple[list[str], npt.NDArray[np.float64], list[str], npt.NDArray[np.float64]]
 
 
+_STR = frozenset({str})
+_NUMBER = frozenset({int, float})
+_NUMBER_OR_NONE = frozenset({int, float, type(None)})
+
+
 def _label(value: Any) -> str | None:
     """An item id or event type as its string, or None when it is not a valid label."""
     if type(value) is int:
@@ -320,7 +386,7 @@ def _label(value: Any) -> str | None:
 
 def _labels(values: list[Any]) -> list[str] | None:
     """Every value as a label, or None when one is not valid (the checked path then names it)."""
-    if all(type(v) is str for v in values):  # the common case, checked without a call per value
+    if _STR.issuperset(map(type, values)):  # the common case, checked without a Python call per value
         if values and (min(map(len, values)) == 0 or max(map(len, values)) > MAX_LABEL):
             return None
         return values
@@ -352,20 +418,29 @@ def _fast_columns(events: Sequence[Any]) -> Columns | None:
     kinds = _labels(raw_kinds)
     if items is None or kinds is None:
         return None
-    # type() rather than isinstance: a bool is not a timestamp; huge integers go the checked way.
-    if not all(type(t) is float or (type(t) is int and -(2**53) < t < 2**53) for t in raw_times):
+    # Exact types (type(), not isinstance): a bool is not a number here.
+    if not _NUMBER.issuperset(map(type, raw_times)):
         return None
-    seconds = np.array(raw_times, dtype=np.float64)
+    try:
+        seconds = np.array(raw_times, dtype=np.float64)
+    except OverflowError:  # an integer with hundreds of digits
+        return None
     seconds = np.where(seconds >= MS_THRESHOLD, seconds / 1000.0, seconds)
-    if not ((seconds >= MIN_TS) & (seconds < MAX_TS)).all():  # also false for NaN
+    if not ((seconds >= MIN_TS) & (seconds < MAX_TS)).all():  # also false for NaN and huge integers
         return None
-    if all(d is None for d in raw_dwell):
+    missing = raw_dwell.count(None)
+    if missing == len(raw_dwell):
         dwell = np.full(len(raw_dwell), np.nan)
     else:
-        if not all(d is None or type(d) is float or (type(d) is int and 0 <= d < 2**53) for d in raw_dwell):
+        if not _NUMBER_OR_NONE.issuperset(map(type, raw_dwell)):
             return None
-        dwell = np.array([math.nan if d is None else d for d in raw_dwell], dtype=np.float64)
-        if not (np.isnan(dwell) | (np.isfinite(dwell) & (dwell >= 0))).all():
+        try:
+            dwell = np.array(raw_dwell, dtype=np.float64)  # None -> NaN
+        except OverflowError:
+            return None
+        nan = np.isnan(dwell)
+        # A NaN that was sent (not a None) is an error, named by the checked path.
+        if int(nan.sum()) != missing or not (nan | (np.isfinite(dwell) & (dwell >= 0))).all():
             return None
     return items, seconds, kinds, dwell
 
@@ -405,6 +480,11 @@ def _checked_columns(events: Sequence[Any]) -> Columns:
                 raise EventError(index, "dwell_time", "must be a finite number >= 0")
             dwell.append(number)
     return items, np.array(seconds, dtype=np.float64), kinds, np.array(dwell, dtype=np.float64)
+
+
+def _lookup(index: dict[str, int], labels: Sequence[str]) -> IntArray:
+    """Labels -> indices (UNKNOWN when absent), without a Python-level call per label."""
+    return np.fromiter(map(index.get, labels, repeat(UNKNOWN)), dtype=np.int64, count=len(labels))
 
 
 def pad_batch(batch: Sequence[Encoded]) -> dict[str, np.ndarray]:

@@ -291,20 +291,21 @@ EVENT = {"item_id": "242", "timestamp": 881250949, "event_type": "rating_3"}
 @pytest.mark.parametrize(
     ("event", "field"),
     [
-        ({**EVENT, "item_id": ["242"]}, "sequences[0].events[1].item_id"),
-        ({**EVENT, "timestamp": True}, "sequences[0].events[1].timestamp"),
-        ({**EVENT, "dwell_time": "long"}, "sequences[0].events[1].dwell_time"),
-        ({k: v for k, v in EVENT.items() if k != "event_type"}, "sequences[0].events[1].event_type"),
-        ({k: v for k, v in EVENT.items() if k != "timestamp"}, "sequences[0].events[1].timestamp"),
-        ({**EVENT, "timestamp": "yesterday"}, "sequences[0].events[1].timestamp"),
-        ({**EVENT, "timestamp": 12345}, "sequences[0].events[1].timestamp"),
-        ({**EVENT, "timestamp": 10**400}, "sequences[0].events[1].timestamp"),
-        ({**EVENT, "timestamp": "2150-01-01T00:00:00Z"}, "sequences[0].events[1].timestamp"),
-        ({**EVENT, "dwell_time": -3}, "sequences[0].events[1].dwell_time"),
+        ({**EVENT, "item_id": ["242"]}, "sequences[1].events[1].item_id"),
+        ({**EVENT, "timestamp": True}, "sequences[1].events[1].timestamp"),
+        ({**EVENT, "dwell_time": "long"}, "sequences[1].events[1].dwell_time"),
+        ({k: v for k, v in EVENT.items() if k != "event_type"}, "sequences[1].events[1].event_type"),
+        ({k: v for k, v in EVENT.items() if k != "timestamp"}, "sequences[1].events[1].timestamp"),
+        ({**EVENT, "timestamp": "yesterday"}, "sequences[1].events[1].timestamp"),
+        ({**EVENT, "timestamp": 12345}, "sequences[1].events[1].timestamp"),
+        ({**EVENT, "timestamp": 10**400}, "sequences[1].events[1].timestamp"),
+        ({**EVENT, "timestamp": "2150-01-01T00:00:00Z"}, "sequences[1].events[1].timestamp"),
+        ({**EVENT, "dwell_time": -3}, "sequences[1].events[1].dwell_time"),
     ],
 )
 def test_bad_event_is_422_naming_the_field(service: Service, event: dict[str, Any], field: str) -> None:
-    response = post(service, {"sequences": [{"events": [EVENT, event]}]})
+    # The bad event sits in the second sequence: the path names the sequence and the event.
+    response = post(service, {"sequences": [{"events": [EVENT]}, {"events": [EVENT, event]}]})
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request"

@@ -366,6 +366,58 @@ def test_the_column_path_equals_the_event_by_event_path() -> None:
     np.testing.assert_array_equal(_checked_columns(iso)[1], fast[1])
 
 
+def test_many_histories_encode_as_each_alone(data_dir: Path) -> None:
+    """encode_event_lists (one pass over a whole request) gives each history exactly its encode_events."""
+    histories = user_histories(load_events(data_dir / "ml-100k", "movielens"))
+    pre = Preprocessor.fit(histories[:500], max_len=50)  # users 500+ bring unknown items
+    lists = []
+    for h in histories[480:520]:
+        events = [
+            {"item_id": str(i), "timestamp": float(t), "event_type": str(k)}
+            for i, t, k in zip(h.item_ids, h.seconds, h.event_types, strict=True)
+        ]
+        lists.append(events[::-1][:80])  # newest first, up to 80 events: sorting and cropping both matter
+    lists.insert(3, [])  # an empty history between others
+    lists.append([{**e, "timestamp": lists[0][0]["timestamp"]} for e in lists[0][:5]])  # all tied in time
+    lists.append([])  # and one at the end
+    together = pre.encode_event_lists(lists)
+    assert len(together) == len(lists)
+    assert sum(e.n_unknown for e in together) > 0
+    for events, many in zip(lists, together, strict=True):
+        alone = pre.encode_events(events)
+        assert many.length == alone.length == min(50, len(events))
+        for name in ("items", "event_types", "dense"):
+            np.testing.assert_array_equal(getattr(many, name), getattr(alone, name))
+        assert many.n_unknown == alone.n_unknown == int((alone.items == UNKNOWN).sum())
+        assert many.digest() == alone.digest()
+
+
+def test_encode_event_lists_mixed_paths_and_errors() -> None:
+    """A history the column path cannot take goes event by event; an error names its history and event."""
+    pre = make_pre(gap_stats=Stats(1.0, 2.0), dwell_stats=Stats(1.0, 0.5))
+    numeric = [dict(e, timestamp=T + i) for i, e in enumerate(EVENTS)]
+    together = pre.encode_event_lists([numeric, EVENTS, []])  # EVENTS holds an ISO timestamp
+    for events, many in zip([numeric, EVENTS, []], together, strict=True):
+        alone = pre.encode_events(events)
+        for name in ("items", "event_types", "dense"):
+            np.testing.assert_array_equal(getattr(many, name), getattr(alone, name))
+    assert pre.encode_event_lists([]) == []
+
+    bad = [dict(e) for e in EVENTS]
+    bad[1]["dwell_time"] = -1
+    with pytest.raises(EventError) as info:
+        pre.encode_event_lists([numeric, EVENTS, bad])
+    assert (info.value.sequence, info.value.index, info.value.field) == (2, 1, "dwell_time")
+
+    # Errors the column path must not let through (each history alone is all-numeric).
+    for field, value in (("dwell_time", math.nan), ("dwell_time", 10**400), ("timestamp", 10**400)):
+        bad = [dict(e) for e in numeric]
+        bad[2][field] = value
+        with pytest.raises(EventError) as info:
+            pre.encode_event_lists([numeric, bad])
+        assert (info.value.sequence, info.value.index, info.value.field) == (1, 2, field)
+
+
 def test_encode_events_zero_dwell_accepted() -> None:
     enc = make_pre(dwell_stats=Stats(0.0, 1.0)).encode_events([{**EVENTS[0], "dwell_time": 0}])
     np.testing.assert_array_equal(enc.dense[:, 2], [0.0])
