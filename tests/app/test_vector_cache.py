@@ -56,6 +56,11 @@ async def test_redis_round_trip_with_ttl(redis_server: RedisServer) -> None:
     await cache.set_many({"k1": b"\x00\x01", "k2": b"\x02"})
     assert await cache.get_many(["k1", "missing", "k2"]) == [b"\x00\x01", None, b"\x02"]
     assert 0 < await cache._client.ttl("k1") <= 100
+    assert 0 < await cache._client.ttl("k2") <= 100
+    # Redis forgets scripts on SCRIPT FLUSH or a restart: the store loads it again.
+    await cache._client.script_flush()
+    await cache.set_many({"k3": b"\x03"})
+    assert await cache.get_many(["k3"]) == [b"\x03"]
     assert cache.state() == "ok"
     assert metrics.registry.get_sample_value("ubs_embed_cache_errors_total") == 0.0
     await cache.close()
