@@ -13,12 +13,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.embedder import RETRY_AFTER_S, Embedder
 from app.errors import ErrorKind, ServiceError
+from app.json_body import JsonRoute
 from app.metrics import CONTENT_TYPE, Metrics
 from app.schemas import EmbedRequest, EmbedResponse, ErrorBody
 
 T = TypeVar("T")
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 bearer = HTTPBearer(auto_error=False, description="the UBS_API_KEY, when the service has one")
 
 

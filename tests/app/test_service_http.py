@@ -337,6 +337,22 @@ def test_body_that_is_not_json_is_422(service: Service) -> None:
     assert response.json()["error"]["fields"] == [{"field": "body", "message": "not valid JSON (at character 1)"}]
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        # JSON extensions the body parser reads (so validation names the field) rather than refuses.
+        (b'{"item_id": "242", "timestamp": 881250949, "event_type": "view", "dwell_time": NaN}', "dwell_time"),
+        (b'{"item_id": "242", "timestamp": 1e400, "event_type": "view"}', "timestamp"),
+        (b'{"item_id": 123456789012345678901234567890, "timestamp": NaN, "event_type": "view"}', "timestamp"),
+    ],
+)
+def test_non_standard_numbers_are_422_naming_the_field(service: Service, text: bytes, field: str) -> None:
+    body = b'{"sequences": [{"events": [' + text + b"]}]}"
+    response = httpx.post(service.url + "/embed", content=body, headers={"content-type": "application/json"}, timeout=5)
+    assert response.status_code == 422, response.text
+    assert [f["field"] for f in response.json()["error"]["fields"]] == [f"sequences[0].events[0].{field}"]
+
+
 def test_too_many_sequences_is_413(service: Service) -> None:
     response = post(service, {"sequences": [{"events": [EVENT]}] * (MAX_SEQUENCES + 1)})
     assert response.status_code == 413
