@@ -102,7 +102,7 @@ class Embedder:
         try:
             return self.bundle.preprocessor.encode_event_lists([sequence.events for sequence in request.sequences])
         except EventError as exc:
-            path = f"sequences[{exc.sequence}].events[{exc.index}].{exc.field}"
+            path = f"sequences[{exc.sequence}].events[{exc.index}]" + (f".{exc.field}" if exc.field else "")
             raise invalid_field(path, exc.message) from None
 
     async def _compute(self, items: list[Encoded], keys: list[str]) -> list[FloatArray]:

@@ -1,10 +1,10 @@
 """Request and response bodies of the HTTP API.
 
 The schema checks the shape of a request only: a list of sequences, each with a
-list of event objects. Every rule about an event's fields (types, presence,
-timestamp formats and range, dwell) lives in `model.features.encode_events`,
-which checks each event while encoding it; building a pydantic object per
-event would cost more than the model itself. `Event` below documents that
+list of events. Every rule about an event (an object; its fields' types,
+presence, timestamp formats and range, dwell) lives in
+`model.features.encode_event_lists`, which checks each event while encoding it;
+building a pydantic object per event would cost more than the model itself. `Event` below documents that
 contract in the OpenAPI schema.
 """
 
@@ -51,8 +51,10 @@ class Event(BaseModel):
     dwell_time: float | None = Field(default=None, description="seconds spent, >= 0")
 
 
+# list[Any]: validating each event as a dict here would copy every event (about as long as
+# encoding them); encode_event_lists checks each event, objects included.
 EventList = Annotated[
-    list[dict[str, Any]],
+    list[Any],
     WithJsonSchema({"type": "array", "items": Event.model_json_schema()}),
 ]
 

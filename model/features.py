@@ -53,8 +53,9 @@ IntArray = npt.NDArray[np.int64]
 class EventError(ValueError):
     """A raw event that cannot be encoded; `index` and `field` locate it."""
 
-    def __init__(self, index: int, field: str, message: str) -> None:
-        super().__init__(f"event {index}: {field}: {message}")
+    def __init__(self, index: int, field: str | None, message: str) -> None:
+        # field None: the event itself is at fault (not an object)
+        super().__init__(f"event {index}: {field}: {message}" if field else f"event {index}: {message}")
         self.index = index
         self.field = field
         self.message = message
@@ -454,6 +455,8 @@ def _checked_columns(events: Sequence[Any]) -> Columns:
     for index, event in enumerate(events):
         if isinstance(event, Mapping):
             get = event.get
+        elif event is None or isinstance(event, (str, bytes, int, float, list, tuple)):
+            raise EventError(index, None, "must be an object with item_id, timestamp and event_type")
         else:
             get = lambda key, e=event: getattr(e, key, None)  # noqa: E731
         for field_name, out in (("item_id", items), ("event_type", kinds)):

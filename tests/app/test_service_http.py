@@ -301,9 +301,13 @@ EVENT = {"item_id": "242", "timestamp": 881250949, "event_type": "rating_3"}
         ({**EVENT, "timestamp": 10**400}, "sequences[1].events[1].timestamp"),
         ({**EVENT, "timestamp": "2150-01-01T00:00:00Z"}, "sequences[1].events[1].timestamp"),
         ({**EVENT, "dwell_time": -3}, "sequences[1].events[1].dwell_time"),
+        (5, "sequences[1].events[1]"),
+        ("view", "sequences[1].events[1]"),
+        (None, "sequences[1].events[1]"),
+        ([EVENT], "sequences[1].events[1]"),
     ],
 )
-def test_bad_event_is_422_naming_the_field(service: Service, event: dict[str, Any], field: str) -> None:
+def test_bad_event_is_422_naming_the_field(service: Service, event: Any, field: str) -> None:
     # The bad event sits in the second sequence: the path names the sequence and the event.
     response = post(service, {"sequences": [{"events": [EVENT]}, {"events": [EVENT, event]}]})
     assert response.status_code == 422, response.text

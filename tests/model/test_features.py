@@ -343,6 +343,14 @@ def test_encode_events_error(field: str, value: Any) -> None:
     assert str(info.value).startswith(f"event 2: {field}: ")
 
 
+@pytest.mark.parametrize("event", [5, 1.5, "view", None, [EVENTS[0]], b"x"])
+def test_encode_events_not_an_object(event: Any) -> None:
+    with pytest.raises(EventError) as info:
+        make_pre().encode_events([EVENTS[0], event])
+    assert info.value.index == 1 and info.value.field is None
+    assert str(info.value) == "event 1: must be an object with item_id, timestamp and event_type"
+
+
 def test_the_column_path_equals_the_event_by_event_path() -> None:
     """Valid dicts with numeric times take the column path; it must encode exactly as the checked path."""
     events = [
