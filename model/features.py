@@ -258,22 +258,31 @@ class Preprocessor:
         """
         if not lengths:
             return []
-        sizes = np.asarray(lengths, dtype=np.int64)
-        history = np.repeat(np.arange(sizes.shape[0]), sizes)
-        # Stable sort by (history, time): ties in time keep input order.
-        order = np.lexsort((seconds, history))
-        first = np.cumsum(sizes) - sizes  # where each history starts in `order`
-        kept_sizes = np.minimum(sizes, self.max_len)
-        rank = np.arange(order.shape[0]) - np.repeat(first, sizes)  # position within its history
-        order = order[rank >= np.repeat(sizes - kept_sizes, sizes)]  # the newest max_len of each
+        if len(lengths) == 1:  # one history (a single-sequence request): no grouping to do
+            order = np.argsort(seconds, kind="stable")[-self.max_len :]
+            kept_sizes = np.array([order.shape[0]])
+        else:
+            sizes = np.asarray(lengths, dtype=np.int64)
+            # Stable sort by (history, time): ties in time keep input order.
+            order = np.lexsort((seconds, np.repeat(np.arange(sizes.shape[0]), sizes)))
+            first = np.cumsum(sizes) - sizes  # where each history starts in `order`
+            kept_sizes = np.minimum(sizes, self.max_len)
+            rank = np.arange(order.shape[0]) - np.repeat(first, sizes)  # position within its history
+            order = order[rank >= np.repeat(sizes - kept_sizes, sizes)]  # the newest max_len of each
         items = _lookup(self._item_index, item_ids)[order]
         types = _lookup(self._type_index, event_types)[order]
         dense = self._dense(seconds[order], dwell[order], kept_sizes)
-        unknown = np.bincount(np.repeat(np.arange(sizes.shape[0]), kept_sizes)[items == UNKNOWN], minlength=len(sizes))
+        unknown = items == UNKNOWN
+        if len(lengths) == 1:
+            counts = [int(unknown.sum())]
+        else:
+            counts = np.bincount(
+                np.repeat(np.arange(len(lengths)), kept_sizes)[unknown], minlength=len(lengths)
+            ).tolist()
         ends = np.cumsum(kept_sizes).tolist()
         return [
             Encoded(items[start:end], types[start:end], dense[start:end], n_unknown)
-            for start, end, n_unknown in zip([0, *ends[:-1]], ends, unknown.tolist(), strict=True)
+            for start, end, n_unknown in zip([0, *ends[:-1]], ends, counts, strict=True)
         ]
 
     def dense_features(self, seconds: npt.NDArray[np.float64], dwell: npt.NDArray[np.float64]) -> FloatArray:
