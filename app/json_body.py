@@ -2,9 +2,11 @@
 
 FastAPI decodes a JSON body with `await request.json()` before pydantic validates
 it; routes of `JsonRoute` get a request whose `json()` uses orjson. A body orjson
-refuses is read again by the json module, so what that module accepts (NaN,
-integers beyond 64 bits) still reaches validation and is reported with its field,
-and malformed JSON gets the same 422 as before.
+refuses is read again by the json module, so what only that module accepts (NaN,
+Infinity, numbers too large for a double) still reaches validation and is reported
+with its field, and malformed JSON gets the same 422 as before. One difference
+remains: orjson reads an integer of 2^64 or more as a float, so such an integer id is
+refused (422) where the json module would have read it as a label.
 """
 
 from __future__ import annotations
