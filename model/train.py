@@ -38,7 +38,7 @@ def knob(default: Any, help: str) -> Any:
 @dataclass
 class TrainConfig:
     # model
-    max_len: int = knob(50, "events kept per history (the newest)")
+    max_len: int = knob(30, "events kept per history (the newest)")
     d_model: int = knob(64, "Transformer width")
     n_layers: int = knob(2, "Transformer blocks")
     n_heads: int = knob(2, "attention heads")
