@@ -4,8 +4,8 @@ The schema checks the shape of a request only: a list of sequences, each with a
 list of events. Every rule about an event (an object; its fields' types,
 presence, timestamp formats and range, dwell) lives in
 `model.features.encode_event_lists`, which checks each event while encoding it;
-building a pydantic object per event would cost more than the model itself. `Event` below documents that
-contract in the OpenAPI schema.
+building a pydantic object per event would cost more than the model itself.
+`Event` below documents that contract in the OpenAPI schema.
 """
 
 from __future__ import annotations

@@ -272,13 +272,8 @@ class Preprocessor:
         items = _lookup(self._item_index, item_ids)[order]
         types = _lookup(self._type_index, event_types)[order]
         dense = self._dense(seconds[order], dwell[order], kept_sizes)
-        unknown = items == UNKNOWN
-        if len(lengths) == 1:
-            counts = [int(unknown.sum())]
-        else:
-            counts = np.bincount(
-                np.repeat(np.arange(len(lengths)), kept_sizes)[unknown], minlength=len(lengths)
-            ).tolist()
+        history_of_kept = np.repeat(np.arange(len(lengths)), kept_sizes)
+        counts = np.bincount(history_of_kept[items == UNKNOWN], minlength=len(lengths)).tolist()
         ends = np.cumsum(kept_sizes).tolist()
         return [
             Encoded(items[start:end], types[start:end], dense[start:end], n_unknown)
@@ -295,12 +290,13 @@ class Preprocessor:
         """dense_features of histories laid end to end, each time-sorted, `lengths` events each."""
         dense = np.zeros((seconds.shape[0], len(DENSE_FEATURES)), dtype=np.float32)
         if seconds.shape[0]:
-            starts = (np.cumsum(lengths) - lengths)[lengths > 0]
+            lengths = lengths[lengths > 0]  # an empty history has no events to mark
+            starts = np.cumsum(lengths) - lengths
             previous = np.empty_like(seconds)
             previous[1:] = seconds[:-1]
             previous[starts] = seconds[starts]  # the first event of a history has no gap
             dense[:, 0] = self.gap_stats.apply(np.log1p(seconds - previous))
-            dense[:, 1] = self.span_stats.apply(np.log1p(seconds - np.repeat(seconds[starts], lengths[lengths > 0])))
+            dense[:, 1] = self.span_stats.apply(np.log1p(seconds - np.repeat(seconds[starts], lengths)))
             # Missing dwell is encoded as the training mean (0 after scaling).
             missing = np.isnan(dwell)
             dense[:, 2] = np.where(missing, 0.0, self.dwell_stats.apply(np.log1p(np.where(missing, 0.0, dwell))))
